@@ -1,0 +1,3 @@
+from sendvae_cli.cli import main
+
+main()

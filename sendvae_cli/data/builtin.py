@@ -1,0 +1,6 @@
+from sendvae_cli.hookspecs import hookimpl
+
+
+@hookimpl
+def register_datasets(register):
+    pass
