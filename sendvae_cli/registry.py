@@ -24,10 +24,10 @@ from sendvae_cli.errors import UserError
 ENTRY_POINT_GROUP = "sendvae"
 
 # Built-in plugin modules, registered exactly like outside ones.
-BUILTIN_PLUGINS = (
-    "sendvae_cli.teachers.builtin",
-    "sendvae_cli.data.builtin",
-)
+BUILTIN_PLUGINS = {
+    "sendvae.teachers": "sendvae_cli.teachers.builtin",
+    "sendvae.datasets": "sendvae_cli.data.builtin",
+}
 
 # kind -> (hook name, what a user calls one of these)
 KINDS = {
@@ -64,8 +64,8 @@ class Registry:
 
         from sendvae_cli import __version__
 
-        for module_name in BUILTIN_PLUGINS:
-            self._add(module_name, importlib.import_module(module_name), __version__, "built-in")
+        for name, module_name in BUILTIN_PLUGINS.items():
+            self._add(name, importlib.import_module(module_name), __version__, "built-in")
         if load_outside:
             self._load_entry_points()
         for kind in KINDS:

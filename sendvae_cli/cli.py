@@ -1,0 +1,204 @@
+"""The `sendvae` command line: one thin function per command.
+
+Each command parses and validates its options, then calls a pipeline. Heavy libraries (torch,
+timm, open_clip, transformers) are imported inside the commands that need them, so `--help`
+and `sendvae plugins` answer at once. A `UserError` anywhere becomes one red line and exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sendvae_cli import __version__
+from sendvae_cli.errors import UserError
+
+app = typer.Typer(
+    name="sendvae",
+    help="Send-VAE: VAEs aligned to vision foundation models, latent caches, SiT generators, FID and probes.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+DATA_PANEL = "Data"
+TEACHER_PANEL = "Teacher"
+RUN_PANEL = "Run"
+
+
+def _print_error(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+
+
+def user_errors(command):
+    """Report UserError as one line (exit code 2) instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            _print_error(str(error))
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _registry():
+    from sendvae_cli.progress import warn
+    from sendvae_cli.registry import get_registry
+
+    registry = get_registry()
+    if registry.problems and not getattr(registry, "_reported", False):
+        for problem in registry.problems:
+            warn(problem)
+        registry._reported = True  # each problem is reported once per process
+    return registry
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"sendvae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Send-VAE toolkit."""
+
+
+# --------------------------------------------------------------------------------------------
+# plugins
+# --------------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
+) -> None:
+    """List installed plugins and what they register: teachers, VAE bases, generators, datasets."""
+    registry = _registry()
+    if as_json:
+        typer.echo(json.dumps(_plugins_as_dict(registry), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="Plugins", title_justify="left")
+    for column in ("plugin", "version", "origin", "registers"):
+        table.add_column(column)
+    for info in registry.plugins.values():
+        what = ", ".join(f"{len(v)} {k.replace('_', ' ')}(s)" for k, v in info.registered.items())
+        table.add_row(info.name, info.version, info.origin, f"[red]failed: {info.error}[/red]" if info.error else what or "-")
+    console.print(table)
+
+    teachers = Table(title="Teachers", title_justify="left")
+    for column in ("name", "family", "width", "patch", "weights source", "licence", "plugin"):
+        teachers.add_column(column)
+    for name, entry in registry.components["teacher"].items():
+        s = entry.spec
+        teachers.add_row(name, s.family, str(s.width), str(s.patch_size), s.source, s.licence, entry.plugin)
+    console.print(teachers)
+
+    for kind, title in (("vae_base", "VAE bases"), ("generator", "Generators"), ("dataset", "Datasets")):
+        table = Table(title=title, title_justify="left")
+        for column in ("name", "description", "plugin"):
+            table.add_column(column)
+        for name, entry in registry.components[kind].items():
+            table.add_row(name, entry.spec.description, entry.plugin)
+        if not registry.components[kind]:
+            table.add_row("-", "none installed", "-")
+        console.print(table)
+
+
+def _plugins_as_dict(registry) -> dict:
+    out = {"plugins": [], "teachers": [], "vae_bases": [], "generators": [], "datasets": []}
+    for info in registry.plugins.values():
+        out["plugins"].append({"name": info.name, "version": info.version, "origin": info.origin,
+                               "error": info.error, "registers": info.registered})
+    for kind, key in (("teacher", "teachers"), ("vae_base", "vae_bases"), ("generator", "generators"),
+                      ("dataset", "datasets")):
+        for name, entry in registry.components[kind].items():
+            row = {"name": name, "plugin": entry.plugin, "description": getattr(entry.spec, "description", "")}
+            if kind == "teacher":
+                s = entry.spec
+                row.update(family=s.family, width=s.width, patch_size=s.patch_size, source=s.source, licence=s.licence)
+            out[key].append(row)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# extract
+# --------------------------------------------------------------------------------------------
+def _default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1)))
+
+
+@app.command()
+@user_errors
+def extract(
+    data: Annotated[str, typer.Argument(help="A folder of images (class sub-folders give labels) or a dataset name, e.g. [bold]shapes[/bold].", show_default=False)],
+    teacher: Annotated[str, typer.Option(help="Teacher name (see `sendvae plugins`).", rich_help_panel=TEACHER_PANEL)] = "dinov2-b",
+    out: Annotated[Path, typer.Option(help="Output HDF5 file.", rich_help_panel=RUN_PANEL)] = Path("feats.h5"),
+    resolution: Annotated[int, typer.Option(help="Image side in pixels after ADM centre crop (multiple of 16).", rich_help_panel=DATA_PANEL)] = 256,
+    num_images: Annotated[Optional[int], typer.Option(help="Use only the first N images (for a named dataset: its size).", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for generated datasets and --random-weights.", rich_help_panel=DATA_PANEL)] = 0,
+    root: Annotated[Optional[Path], typer.Option(help="Where a named on-disk dataset lives.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on an unreadable image instead of skipping it.", rich_help_panel=DATA_PANEL)] = False,
+    teacher_weights: Annotated[Optional[Path], typer.Option(help="Local weights file or folder for the teacher.", rich_help_panel=TEACHER_PANEL, show_default=False)] = None,
+    random_weights: Annotated[bool, typer.Option(help="Build the teacher untrained (smoke runs, benchmarks).", rich_help_panel=TEACHER_PANEL)] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass (per process).", rich_help_panel=RUN_PANEL)] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding images.", rich_help_panel=RUN_PANEL)] = _default_workers(),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN_PANEL)] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=RUN_PANEL)] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUN_PANEL)] = False,
+) -> None:
+    """Teacher patch tokens of every image into an HDF5 cache (resumable: rerun to continue)."""
+    if batch_size <= 0:
+        raise UserError(f"--batch-size {batch_size}: expected a positive number")
+    if workers < 0:
+        raise UserError(f"--workers {workers}: expected 0 or more")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--precision {precision}: expected auto, fp32 or bf16")
+    if teacher_weights is not None and random_weights:
+        raise UserError("--teacher-weights and --random-weights exclude each other")
+    registry = _registry()
+    spec = registry.teacher(teacher)
+    if teacher_weights is not None and not teacher_weights.expanduser().exists():
+        raise UserError(f"--teacher-weights {teacher_weights}: no such file or folder")
+
+    from sendvae_cli.data.extract import ExtractOptions, extract as run_extract
+    from sendvae_cli.data.open import open_images
+    from sendvae_cli.progress import warn
+
+    source = open_images(data, registry=registry, resolution=resolution, num_images=num_images, seed=seed,
+                         strict=strict, root=str(root) if root else None)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    skipped = getattr(source, "skipped_summary", lambda: None)()
+    if skipped and is_main:
+        warn(skipped)
+    if random_weights and is_main:
+        warn(f"teacher {spec.name!r} has random weights (--random-weights): its tokens carry no meaning")
+    options = ExtractOptions(batch_size=batch_size, workers=workers, teacher_weights=teacher_weights,
+                             random_weights=random_weights, seed=seed, device=device, precision=precision, quiet=quiet)
+    run_extract(source, spec, out, options)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

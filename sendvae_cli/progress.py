@@ -1,0 +1,76 @@
+"""Rich progress bars for long steps: count, throughput, ETA. Silent when quiet or not rank 0."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
+
+
+class Bar:
+    """What pipelines call: advance(n); and the same object when nothing is shown."""
+
+    def __init__(self, progress: Progress | None, task_id=None):
+        self._progress, self._task = progress, task_id
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def describe(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=text)
+
+
+@contextmanager
+def progress_bar(description: str, total: int, completed: int = 0, unit: str = "img",
+                 show: bool = True) -> Iterator[Bar]:
+    if not show:
+        yield Bar(None)
+        return
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        yield Bar(progress, progress.add_task(description, total=total, completed=completed))
+
+
+def info(message: str, show: bool = True) -> None:
+    if show:
+        console.print(message, highlight=False)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
