@@ -114,8 +114,9 @@ class Registry:
         hook_name, _ = KINDS[kind]
         hook = getattr(self.pm.hook, hook_name)
         # Call each plugin's hook on its own, so we know who registered what and one faulty
-        # plugin does not stop the rest. pluggy lists implementations last-registered first.
-        for impl in reversed(hook.get_hookimpls()):
+        # plugin does not stop the rest. get_hookimpls() is in registration order: built-ins
+        # first, so a built-in name is never taken over silently by an outside plugin.
+        for impl in hook.get_hookimpls():
             plugin = impl.plugin_name
             found: list[Any] = []
             try:

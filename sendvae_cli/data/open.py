@@ -18,8 +18,10 @@ def open_images(data: str, *, registry, resolution: int, num_images: int | None 
     if path.exists() or "/" in data or data.startswith("."):
         from sendvae_cli.data.folder import ImageFolder
 
+        if not path.exists():
+            raise UserError(f"DATA {data}: no such folder (and not a registered dataset name)")
         if not path.is_dir():
-            raise UserError(f"DATA {data}: not a folder of images (and not a registered dataset name)")
+            raise UserError(f"DATA {data}: not a folder of images")
         source: ImageSource = ImageFolder(path, resolution, strict=strict)
     else:
         try:

@@ -111,7 +111,7 @@ def draw_row(seed: int, index: int) -> ShapeRow:
     """The factors of row `index`: cheap (no rendering), a function of (seed, index) only."""
     rng = np.random.default_rng([seed, index])
     factors = tuple(int(v) for v in rng.integers(0, _NUM_VALUES))
-    u = rng.random(8)  # continuous nuisance, drawn in one go after the factors
+    u = rng.random(8).tolist()  # continuous nuisance, drawn in one go after the factors
     _, _, size, hpos, vpos, _, _ = factors
     grad_angle = 2 * math.pi * u[6]
     grad = MAX_GRADIENT * u[7]

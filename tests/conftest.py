@@ -1,0 +1,40 @@
+import os
+
+# No test may touch the network: hub libraries read these at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env=None, check=True, timeout=300, cwd=None):
+    """Run `sendvae ARGS` in a fresh process; returns CompletedProcess with text output."""
+    full_env = dict(os.environ, **(env or {}))
+    full_env.setdefault("COLUMNS", "200")
+    proc = subprocess.run([sys.executable, "-m", "sendvae_cli", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sendvae {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def fresh_registry():
+    from sendvae_cli.registry import reset_registry
+
+    reset_registry()
+    yield
+    reset_registry()
