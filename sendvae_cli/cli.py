@@ -163,11 +163,14 @@ def extract(
     workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding images.", rich_help_panel=RUN_PANEL)] = _default_workers(),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN_PANEL)] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=RUN_PANEL)] = "auto",
+    block_rows: Annotated[int, typer.Option(help="Rows per resumable block: the unit of work of one process.", rich_help_panel=RUN_PANEL)] = 1024,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUN_PANEL)] = False,
 ) -> None:
     """Teacher patch tokens of every image into an HDF5 cache (resumable: rerun to continue)."""
     if batch_size <= 0:
         raise UserError(f"--batch-size {batch_size}: expected a positive number")
+    if block_rows <= 0:
+        raise UserError(f"--block-rows {block_rows}: expected a positive number")
     if workers < 0:
         raise UserError(f"--workers {workers}: expected 0 or more")
     if precision not in ("auto", "fp32", "bf16"):
@@ -192,12 +195,13 @@ def extract(
     if random_weights and is_main:
         warn(f"teacher {spec.name!r} has random weights (--random-weights): its tokens carry no meaning")
     options = ExtractOptions(batch_size=batch_size, workers=workers, teacher_weights=teacher_weights,
-                             random_weights=random_weights, seed=seed, device=device, precision=precision, quiet=quiet)
+                             random_weights=random_weights, seed=seed, device=device, precision=precision,
+                             block_rows=block_rows, quiet=quiet)
     run_extract(source, spec, out, options)
 
 
 def main() -> None:
-    app()
+    app(prog_name="sendvae")
 
 
 if __name__ == "__main__":

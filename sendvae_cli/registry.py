@@ -20,6 +20,7 @@ import pluggy
 
 from sendvae_cli import hookspecs
 from sendvae_cli.errors import UserError
+from sendvae_cli.specs import DatasetSpec, GeneratorSpec, TeacherSpec, VAEBaseSpec
 
 ENTRY_POINT_GROUP = "sendvae"
 
@@ -36,6 +37,9 @@ KINDS = {
     "generator": ("register_generators", "generator"),
     "dataset": ("register_datasets", "dataset"),
 }
+
+
+SPEC_TYPES = {"teacher": TeacherSpec, "vae_base": VAEBaseSpec, "generator": GeneratorSpec, "dataset": DatasetSpec}
 
 
 @dataclass
@@ -101,7 +105,6 @@ class Registry:
                 module = ep.load()
             except Exception as error:  # noqa: BLE001
                 self._fail(PluginInfo(ep.name, version, origin), f"{type(error).__name__}: {error}")
-                self.plugins[ep.name] = PluginInfo(ep.name, version, origin, error=str(error))
                 continue
             self._add(ep.name, module, version, origin)
 
@@ -125,6 +128,10 @@ class Registry:
                 self._fail(self.plugins[plugin], f"{hook_name} raised {type(error).__name__}: {error}")
                 continue
             for spec in found:
+                if not isinstance(spec, SPEC_TYPES[kind]):
+                    self.problems.append(f"plugin {plugin!r}: {hook_name} registered {type(spec).__name__}, "
+                                         f"expected {SPEC_TYPES[kind].__name__}; ignored")
+                    continue
                 self._store(kind, spec, plugin)
 
     def _store(self, kind: str, spec: Any, plugin: str) -> None:

@@ -25,7 +25,9 @@ import torch
 from sendvae_cli import distributed
 from sendvae_cli.data.h5rows import ArraySpec, RowCache, batches
 from sendvae_cli.data.source import ImageSource, to_model_range
+from sendvae_cli.errors import UserError
 from sendvae_cli.progress import info, progress_bar
+from sendvae_cli.teachers.base import TOKEN_STRIDE
 
 PRODUCER = "sendvae extract"
 
@@ -114,11 +116,14 @@ def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> di
         "row_order_sha256": source.row_order_sha256(),
         "dtype": "float16",
     }
-    teacher = build_teacher(spec, options, dist.device)
-    rows_, cols_ = teacher.token_grid(source.resolution)
-    arrays = {"tokens": ArraySpec((rows_ * cols_, teacher.width), "float16"), "labels": ArraySpec((), "int64")}
+    # The cache layout follows from the spec, so a finished or foreign output is recognised
+    # before the (possibly large) teacher is built.
+    if source.resolution % TOKEN_STRIDE:
+        raise UserError(f"--resolution {source.resolution}: expected a multiple of {TOKEN_STRIDE}")
+    rows_, cols_ = source.resolution // TOKEN_STRIDE, source.resolution // TOKEN_STRIDE
+    arrays = {"tokens": ArraySpec((rows_ * cols_, spec.width), "float16"), "labels": ArraySpec((), "int64")}
     cache = RowCache(out, len(source), arrays, config, block_rows=options.block_rows)
-    summary = {"out": str(out), "rows": len(source), "tokens": rows_ * cols_, "width": teacher.width}
+    summary = {"out": str(out), "rows": len(source), "tokens": rows_ * cols_, "width": spec.width}
 
     if cache.existing_complete():
         if dist.is_main and cache.parts.exists():
@@ -126,43 +131,54 @@ def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> di
         info(f"{out} is already complete ({len(source)} rows); nothing to do", show)
         return dict(summary, computed=0)
 
+    teacher = build_teacher(spec, options, dist.device)
+    if teacher.width != spec.width or teacher.token_grid(source.resolution) != (rows_, cols_):
+        raise RuntimeError(f"teacher {spec.name!r} built with width {teacher.width}, its spec says {spec.width}")
+
     if dist.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
         cache.prepare(is_main=True)
     dist.barrier()
 
+    # Read where each block stands, then start the DataLoader workers with no cache file open:
+    # forked workers would otherwise inherit the files (and their locks) and could outlive a
+    # killed run, blocking the rerun.
     blocks = cache.open_blocks(dist.rank, dist.world)
-    todo = list(batches(blocks, options.batch_size))
+    todo = [(block.path, rows) for block, rows in batches(blocks, options.batch_size)]
     mine = sum(b.stop - b.start for b in blocks)
     done = sum(b.rows_done for b in blocks)
+    for block in blocks:
+        block.close()
     computed = 0
-    try:
-        if todo:
-            loader = torch.utils.data.DataLoader(
-                source,
-                batch_sampler=[rows for _, rows in todo],
-                num_workers=options.workers,
-                pin_memory=dist.device.type == "cuda",
-            )
-            writer = BackgroundWriter()
+    if todo:
+        loader = torch.utils.data.DataLoader(
+            source,
+            batch_sampler=[rows for _, rows in todo],
+            num_workers=options.workers,
+            pin_memory=dist.device.type == "cuda",
+        )
+        batches_in = iter(loader)
+        blocks = {b.path: b for b in cache.open_blocks(dist.rank, dist.world)}
+        writer = BackgroundWriter()
+        try:
+            label = f"extract {spec.name}" + (f" (rank 0 of {dist.world})" if dist.world > 1 else "")
+            with progress_bar(label, total=mine, completed=done, show=show) as bar:
+                for (path, rows), (images, labels) in zip(todo, batches_in):
+                    x = to_model_range(images.to(dist.device, non_blocking=True))
+                    with autocast_for(dist.device, options.precision):
+                        tokens = teacher(x)
+                    writer.put(blocks[path], {
+                        "tokens": tokens.to(torch.float16).cpu().numpy(),
+                        "labels": labels.numpy().astype(np.int64),
+                    })
+                    computed += len(rows)
+                    bar.advance(len(rows))
+        finally:
             try:
-                label = f"extract {spec.name}" + (f" (rank 0 of {dist.world})" if dist.world > 1 else "")
-                with progress_bar(label, total=mine, completed=done, show=show) as bar:
-                    for (block, rows), (images, labels) in zip(todo, loader):
-                        x = to_model_range(images.to(dist.device, non_blocking=True))
-                        with autocast_for(dist.device, options.precision):
-                            tokens = teacher(x)
-                        writer.put(block, {
-                            "tokens": tokens.to(torch.float16).cpu().numpy(),
-                            "labels": labels.numpy().astype(np.int64),
-                        })
-                        computed += len(rows)
-                        bar.advance(len(rows))
-            finally:
                 writer.close()
-    finally:
-        for block in blocks:
-            block.close()
+            finally:
+                for block in blocks.values():
+                    block.close()
 
     dist.barrier()
     if dist.is_main:

@@ -65,7 +65,8 @@ def strip_prefix(state: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dic
     return state
 
 
-def load_checked(module: nn.Module, state: dict[str, torch.Tensor], *, path: Path, teacher: str) -> None:
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], *, path: Path, teacher: str,
+                 option: str = "--teacher-weights") -> None:
     """load_state_dict(strict) with a one-line error that says what did not fit."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
@@ -80,7 +81,7 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], *, path: Pat
         if wrong:
             k = wrong[0]
             parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
-        raise UserError(f"--teacher-weights {path}: does not fit teacher {teacher!r}: keys " + "; ".join(parts))
+        raise UserError(f"{option} {path}: does not fit teacher {teacher!r}: keys " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
 
 
