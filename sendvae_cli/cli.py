@@ -149,7 +149,7 @@ def _default_workers() -> int:
 @app.command()
 @user_errors
 def extract(
-    data: Annotated[str, typer.Argument(help="A folder of images (class sub-folders give labels) or a dataset name, e.g. [bold]shapes[/bold].", show_default=False)],
+    data: Annotated[str, typer.Argument(metavar="DATA", help="A folder of images (class sub-folders give labels) or a dataset name, e.g. shapes.", show_default=False)],
     teacher: Annotated[str, typer.Option(help="Teacher name (see `sendvae plugins`).", rich_help_panel=TEACHER_PANEL)] = "dinov2-b",
     out: Annotated[Path, typer.Option(help="Output HDF5 file.", rich_help_panel=RUN_PANEL)] = Path("feats.h5"),
     resolution: Annotated[int, typer.Option(help="Image side in pixels after ADM centre crop (multiple of 16).", rich_help_panel=DATA_PANEL)] = 256,
@@ -160,7 +160,7 @@ def extract(
     teacher_weights: Annotated[Optional[Path], typer.Option(help="Local weights file or folder for the teacher.", rich_help_panel=TEACHER_PANEL, show_default=False)] = None,
     random_weights: Annotated[bool, typer.Option(help="Build the teacher untrained (smoke runs, benchmarks).", rich_help_panel=TEACHER_PANEL)] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass (per process).", rich_help_panel=RUN_PANEL)] = 64,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes decoding images.", rich_help_panel=RUN_PANEL)] = _default_workers(),
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes decoding images (default: CPU cores, at most 8).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN_PANEL)] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=RUN_PANEL)] = "auto",
     block_rows: Annotated[int, typer.Option(help="Rows per resumable block: the unit of work of one process.", rich_help_panel=RUN_PANEL)] = 1024,
@@ -171,6 +171,8 @@ def extract(
         raise UserError(f"--batch-size {batch_size}: expected a positive number")
     if block_rows <= 0:
         raise UserError(f"--block-rows {block_rows}: expected a positive number")
+    if workers is None:
+        workers = _default_workers()
     if workers < 0:
         raise UserError(f"--workers {workers}: expected 0 or more")
     if precision not in ("auto", "fp32", "bf16"):

@@ -75,6 +75,16 @@ class Registry:
         for kind in KINDS:
             self._collect(kind)
 
+    def register_plugin(self, name: str, plugin: Any, version: str = "local") -> PluginInfo:
+        """Add a plugin object (a module or any object with @hookimpl functions) in-process.
+
+        For notebooks, tests and scripts; installed plugins use the `sendvae` entry point.
+        """
+        self._add(name, plugin, version, "registered in-process")
+        for kind in KINDS:
+            self._collect(kind, only=name)
+        return self.plugins[name]
+
     # -- loading ---------------------------------------------------------------------------
     def _add(self, name: str, module: Any, version: str, origin: str) -> None:
         info = PluginInfo(name=name, version=version, origin=origin)
@@ -113,7 +123,7 @@ class Registry:
         self.plugins[info.name] = info
         self.problems.append(f"plugin {info.name!r} ({info.origin}) was not loaded: {message}")
 
-    def _collect(self, kind: str) -> None:
+    def _collect(self, kind: str, only: str | None = None) -> None:
         hook_name, _ = KINDS[kind]
         hook = getattr(self.pm.hook, hook_name)
         # Call each plugin's hook on its own, so we know who registered what and one faulty
@@ -121,6 +131,8 @@ class Registry:
         # first, so a built-in name is never taken over silently by an outside plugin.
         for impl in hook.get_hookimpls():
             plugin = impl.plugin_name
+            if only is not None and plugin != only:
+                continue
             found: list[Any] = []
             try:
                 impl.function(register=found.append)
