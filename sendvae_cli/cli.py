@@ -159,7 +159,7 @@ def extract(
     strict: Annotated[bool, typer.Option(help="Fail on an unreadable image instead of skipping it.", rich_help_panel=DATA_PANEL)] = False,
     teacher_weights: Annotated[Optional[Path], typer.Option(help="Local weights file or folder for the teacher.", rich_help_panel=TEACHER_PANEL, show_default=False)] = None,
     random_weights: Annotated[bool, typer.Option(help="Build the teacher untrained (smoke runs, benchmarks).", rich_help_panel=TEACHER_PANEL)] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass (per process).", rich_help_panel=RUN_PANEL)] = 64,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass and process (default: 64 on GPU, 16 on CPU).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes decoding images (default: CPU cores, at most 8).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN_PANEL)] = "auto",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=RUN_PANEL)] = "auto",
@@ -167,7 +167,7 @@ def extract(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUN_PANEL)] = False,
 ) -> None:
     """Teacher patch tokens of every image into an HDF5 cache (resumable: rerun to continue)."""
-    if batch_size <= 0:
+    if batch_size is not None and batch_size <= 0:
         raise UserError(f"--batch-size {batch_size}: expected a positive number")
     if block_rows <= 0:
         raise UserError(f"--block-rows {block_rows}: expected a positive number")

@@ -28,6 +28,9 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
+        if not speed and task.elapsed:
+            # rich estimates speed from recent samples only; fall back to the run's average.
+            speed = (task.completed - task.fields.get("initial", 0)) / task.elapsed
         return Text(f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="cyan")
 
 
@@ -64,7 +67,7 @@ def progress_bar(description: str, total: int, completed: int = 0, unit: str = "
         transient=False,
     )
     with progress:
-        yield Bar(progress, progress.add_task(description, total=total, completed=completed))
+        yield Bar(progress, progress.add_task(description, total=total, completed=completed, initial=completed))
 
 
 def info(message: str, show: bool = True) -> None:

@@ -34,7 +34,7 @@ PRODUCER = "sendvae extract"
 
 @dataclass
 class ExtractOptions:
-    batch_size: int = 64
+    batch_size: int | None = None  # None: 64 on GPU, 16 on CPU (large CPU batches thrash the cache)
     workers: int = 4
     teacher_weights: Path | None = None
     random_weights: bool = False
@@ -107,6 +107,7 @@ def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> di
     out = Path(out)
     dist = distributed.init(options.device)
     show = dist.is_main and not options.quiet
+    batch_size = options.batch_size or (64 if dist.device.type == "cuda" else 16)
     config = {
         "producer": PRODUCER,
         "teacher": spec.name,
@@ -144,7 +145,7 @@ def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> di
     # forked workers would otherwise inherit the files (and their locks) and could outlive a
     # killed run, blocking the rerun.
     blocks = cache.open_blocks(dist.rank, dist.world)
-    todo = [(block.path, rows) for block, rows in batches(blocks, options.batch_size)]
+    todo = [(block.path, rows) for block, rows in batches(blocks, batch_size)]
     mine = sum(b.stop - b.start for b in blocks)
     done = sum(b.rows_done for b in blocks)
     for block in blocks:
@@ -199,7 +200,7 @@ def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> di
         resolved = out.with_name(out.name + ".json")
         tmp = resolved.with_name(resolved.name + ".tmp")
         tmp.write_text(json.dumps(dict(config, token_grid=[rows_, cols_], width=teacher.width,
-                                       batch_size=options.batch_size, world_size=dist.world), indent=2, default=str))
+                                       batch_size=batch_size, world_size=dist.world), indent=2, default=str))
         os.replace(tmp, resolved)
         info(f"wrote {out}: tokens {len(source)} x {rows_ * cols_} x {teacher.width} float16", show)
     dist.barrier()
