@@ -1,0 +1,1 @@
+"""Shared training machinery: run folders, checkpoints, samplers, EMA, metrics, the step loop."""

@@ -1,0 +1,122 @@
+"""Atomic, full-state checkpoints: weights in safetensors, the rest in a tensors-only file.
+
+    OUT/checkpoints/step-000100/weights.safetensors   every module, keys prefixed "vae.", "mapper.", ...
+    OUT/checkpoints/step-000100/state.pt              optimizers, scaler, RNG, step (torch.load weights_only)
+    OUT/checkpoints/latest                            "step-000100"
+
+A checkpoint is written into `step-XXXXXX.tmp/` and renamed when complete, then `latest` is
+replaced atomically: a crash at any moment leaves the previous checkpoint as "latest".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from sendvae_cli.errors import UserError
+
+LATEST = "latest"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if hasattr(module, "module") else module
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpoints:
+    def __init__(self, folder: Path, keep: int = 2):
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def name(self, step: int) -> str:
+        return f"step-{step:06d}"
+
+    def latest(self) -> Path | None:
+        pointer = self.folder / LATEST
+        if not pointer.exists():
+            return None
+        path = self.folder / pointer.read_text().strip()
+        if not path.is_dir():
+            raise UserError(f"{pointer} names {path.name}, which does not exist; delete {pointer} to resume from "
+                            f"another checkpoint in {self.folder}")
+        return path
+
+    def save(self, step: int, modules: Mapping[str, nn.Module], state: Mapping[str, Any]) -> Path:
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / self.name(step)
+        tmp = self.folder / (self.name(step) + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        tensors = {}
+        for prefix, module in modules.items():
+            for key, value in unwrap(module).state_dict().items():
+                tensors[f"{prefix}.{key}"] = value.detach().contiguous().cpu()
+        save_file(tensors, str(tmp / "weights.safetensors"))
+        torch.save(dict(state, step=step), tmp / "state.pt")
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer_tmp = self.folder / (LATEST + ".tmp")
+        pointer_tmp.write_text(final.name)
+        os.replace(pointer_tmp, self.folder / LATEST)
+        _fsync_dir(self.folder)
+        self._prune(keep_name=final.name)
+        return final
+
+    def _prune(self, keep_name: str) -> None:
+        steps = sorted(p for p in self.folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for old in steps[: max(0, len(steps) - self.keep)]:
+            if old.name != keep_name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, path: Path, modules: Mapping[str, nn.Module]) -> dict[str, Any]:
+        """Load weights into `modules` (strict) and return the training state."""
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path / "weights.safetensors"))
+            state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - a damaged checkpoint is a user-facing problem
+            raise UserError(f"checkpoint {path} is damaged ({type(error).__name__}: {error}); "
+                            f"delete it (and fix {self.folder / LATEST}) to resume from an earlier one") from None
+        for prefix, module in modules.items():
+            own = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+            try:
+                unwrap(module).load_state_dict(own, strict=True)
+            except RuntimeError as error:
+                first = str(error).splitlines()[0]
+                raise UserError(f"checkpoint {path}: '{prefix}' weights do not fit this run ({first})") from None
+        return state

@@ -1,0 +1,61 @@
+"""Run folders own their configuration: presets, explicit flags, and refusing to mix runs.
+
+The resolved configuration is written to OUT/config.json when a run starts. Rerunning the same
+command resumes; rerunning with options that change the result is refused with a one-line
+message naming what differs. Options listed as `RUN_ONLY` (workers, logging, ...) may change
+between resumes, and so may the length of training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from sendvae_cli.errors import UserError
+
+
+def resolve(preset: Mapping[str, Any], explicit: Mapping[str, Any]) -> dict[str, Any]:
+    """Preset values, overridden by every flag the user gave (None = not given)."""
+    out = dict(preset)
+    out.update({k: v for k, v in explicit.items() if v is not None})
+    return out
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str]) -> list[str]:
+    ignore = set(ignore)
+    keys = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+    return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys]
+
+
+def prepare_run_dir(out: Path, config: Mapping[str, Any], *, ignore: Iterable[str], is_main: bool) -> bool:
+    """Create OUT/config.json, or check it matches; True when resuming an existing run."""
+    out = Path(out)
+    path = out / "config.json"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}: not valid JSON ({error}); fix or delete it") from None
+        diff = differences(old, json.loads(json.dumps(config, default=str)), ignore)
+        if diff:
+            raise UserError(f"--out {out}: holds a run with another configuration ({'; '.join(diff[:3])}); "
+                            f"rerun with the same options to resume it, or choose another --out")
+        if is_main:  # run-only options may have changed: record the latest ones
+            _write_json(path, config)
+        return True
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out}: folder is not empty and holds no config.json; choose another --out")
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(path, config)
+    return False
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
