@@ -28,6 +28,7 @@ ENTRY_POINT_GROUP = "sendvae"
 BUILTIN_PLUGINS = {
     "sendvae.teachers": "sendvae_cli.teachers.builtin",
     "sendvae.datasets": "sendvae_cli.data.builtin",
+    "sendvae.vae_bases": "sendvae_cli.vae.builtin",
 }
 
 # kind -> (hook name, what a user calls one of these)

@@ -37,7 +37,7 @@ def test_extract_shapes_at_256(tmp_path):
         assert tokens.shape == (16, 256, 384) and tokens.dtype == np.float16
         assert tokens.chunks == (1, 256, 384) and tokens.compression is None
         assert f["labels"].shape == (16,) and set(f["labels"][:]) <= set(range(5))
-        assert f["rows"][3].decode() == "shapes/3"
+        assert f["rows"][3].decode() == "shapes/seed0/3"
         attrs = f.attrs
         assert attrs["teacher"] == "dinov2-s" and attrs["teacher_width"] == 384
         assert list(attrs["token_grid"]) == [16, 16] and attrs["resolution"] == 256

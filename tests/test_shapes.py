@@ -200,7 +200,7 @@ def test_shapes_stay_inside_the_image(resolution):
 
 def test_row_ids_describe_and_factory():
     ds = ShapesSource(3, 32, seed=5)
-    assert ds.row_id(2) == "shapes/2"
+    assert ds.row_id(2) == "shapes/seed5/2"
     assert ds.describe() == {"kind": "shapes", "seed": 5, "rows": 3, "resolution": 32, "version": 1}
     built = build(None)
     assert len(built) == 10_000 and built.resolution == 256 and built.seed == 0

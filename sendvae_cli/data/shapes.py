@@ -279,7 +279,8 @@ class ShapesSource(ImageSource):
         return out
 
     def row_id(self, index: int) -> str:
-        return f"shapes/{self._check(index)}"
+        # The seed is part of the identity: row 3 of seed 0 and of seed 7 are different images.
+        return f"shapes/seed{self.seed}/{self._check(index)}"
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -216,12 +216,16 @@ def train_vae(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
                       disc_start=cfg["disc_start"])
 
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=dist.is_main)
-    preview = torch.stack([source[i][0] for i in range(min(8, len(source)))]).to(device)
+    from sendvae_cli.data.source import to_model_range
+
+    preview = to_model_range(torch.stack([source[i][0] for i in range(min(8, len(source)))]).to(device))
     sampler = StreamBatchSampler(len(source), cfg["micro_batch"], dist.world, dist.rank, accumulation,
                                  seed=cfg["seed"], start_step=step)
+    # The loader gets its own generator: creating its iterator must not draw from the global RNG,
+    # whose state the checkpoint restores (else a resumed run would drift from an uninterrupted one).
     loader = torch.utils.data.DataLoader(Indexed(source), batch_sampler=sampler, num_workers=cfg["workers"],
                                          pin_memory=device.type == "cuda",
-                                         persistent_workers=cfg["workers"] > 0)
+                                         generator=torch.Generator().manual_seed(cfg["seed"]))
     batches = iter(loader)
 
     def save(at_step: int) -> None:
@@ -230,8 +234,6 @@ def train_vae(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
                 "optimizer": optimizer.state_dict(), "disc_optimizer": disc_optimizer.state_dict(), "rng": rng_state(),
             })
         dist.barrier()
-
-    from sendvae_cli.data.source import to_model_range
 
     last_saved = step
     window: dict[str, float] = {}
@@ -272,7 +274,7 @@ def train_vae(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
             for x, recon in stash:
                 d_terms = loss_fn.discriminator_loss(x, recon, step)
                 (d_terms["loss"] / accumulation).backward()
-                sums["disc_loss"] = sums.get("disc_loss", 0.0) + float(d_terms["loss"]) / accumulation
+                sums["disc_loss"] = sums.get("disc_loss", 0.0) + float(d_terms["loss"].detach()) / accumulation
             _grad_norm_clip(discriminator.parameters(), cfg["grad_clip"])
             disc_optimizer.step()
             disc_optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,131 @@
+"""`sendvae train-vae` end to end on CPU: tiny VAE, random teacher, real processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+
+TINY = ["shapes", "--teacher", "dinov2-s", "--random-weights", "--vae", "tiny", "--preset", "tiny",
+        "--resolution", "32", "--num-images", "64", "--batch-size", "4", "--steps", "12",
+        "--checkpoint-every", "4", "--sample-every", "6", "--log-every", "2", "--workers", "1", "--quiet"]
+LOSSES = ("recon", "lpips", "kl", "gan", "align", "total", "disc_loss", "grad_norm")
+
+
+def losses(run):
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], [r[k] for k in LOSSES]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "ref"
+    run_cli("train-vae", *TINY, "--out", out)
+    return out
+
+
+def test_run_folder_contents(reference):
+    assert (reference / "config.json").exists()
+    config = json.loads((reference / "config.json").read_text())
+    assert config["teacher"] == "dinov2-s" and config["total_steps"] == 12 and config["lr"] == 3e-4
+    assert (reference / "checkpoints" / "latest").read_text() == "step-000012"
+    assert sorted(p.name for p in (reference / "samples").iterdir()) == ["recon-000006.png", "recon-000012.png"]
+    steps = [s for s, _ in losses(reference)]
+    assert steps == [2, 4, 6, 8, 10, 12]
+    info = json.loads((reference / "export" / "vae.json").read_text())
+    assert info["provenance"]["steps"] == 12 and len(info["latent_std"]) == 8
+
+
+def test_exported_vae_loads_in_a_fresh_process_and_encodes(reference):
+    code = (
+        "import sys, torch\n"
+        "from sendvae_cli.vae.open import open_vae\n"
+        "loaded = open_vae(sys.argv[1])\n"
+        "x = torch.zeros(1, 3, 64, 64)\n"
+        "z = loaded.model.encode(x).mean\n"
+        "print(tuple(z.shape), loaded.latent_std is not None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(reference / "export")], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "(1, 8, 4, 4) True"
+
+
+def test_kill_9_and_rerun_gives_bit_identical_weights(reference, tmp_path):
+    out = tmp_path / "killed"
+    latest = out / "checkpoints" / "latest"
+    proc = subprocess.Popen([sys.executable, "-m", "sendvae_cli", "train-vae", *TINY, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    deadline = time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # somewhere after the first checkpoint, mid-way through the next steps
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = latest.read_text()
+    assert killed_at in ("step-000004", "step-000008"), killed_at
+    assert not (out / "export").exists()
+    run_cli("train-vae", *TINY, "--out", out)
+    ref = load_file(str(reference / "export" / "vae.safetensors"))
+    new = load_file(str(out / "export" / "vae.safetensors"))
+    assert ref.keys() == new.keys()
+    assert all(torch.equal(ref[k], new[k]) for k in ref)
+    ref_ck = load_file(str(reference / "checkpoints" / "step-000012" / "weights.safetensors"))
+    new_ck = load_file(str(out / "checkpoints" / "step-000012" / "weights.safetensors"))
+    assert all(torch.equal(ref_ck[k], new_ck[k]) for k in ref_ck)  # VAE, mapper and discriminator
+    assert losses(out) == losses(reference)
+
+
+def test_rerun_of_a_finished_run_changes_nothing(reference):
+    before = load_file(str(reference / "checkpoints" / "step-000012" / "weights.safetensors"))
+    proc = run_cli("train-vae", *[a for a in TINY if a != "--quiet"], "--out", reference)
+    after = load_file(str(reference / "checkpoints" / "step-000012" / "weights.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_other_configuration_on_the_same_run_folder_is_refused(reference):
+    before = (reference / "config.json").read_text()
+    proc = run_cli("train-vae", *TINY, "--lr", "1e-3", "--out", reference, check=False)
+    assert proc.returncode == 2 and "another configuration (lr: 0.0003 there, 0.001 now)" in proc.stderr
+    assert (reference / "config.json").read_text() == before
+
+
+def test_bad_inputs_are_one_line_errors(reference, tmp_path):
+    # A VAE checkpoint of the wrong layout.
+    wrong = tmp_path / "sit.pt"
+    torch.save({"model": {"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}}, wrong)
+    proc = run_cli("train-vae", *TINY[:5], str(wrong), *TINY[6:], "--out", tmp_path / "a", check=False)
+    assert proc.returncode == 2 and "sit.pt" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 2
+    # A teacher feature cache extracted from other images.
+    feats = tmp_path / "feats.h5"
+    run_cli("extract", "shapes", "--teacher", "dinov2-s", "--random-weights", "--num-images", "64",
+            "--resolution", "32", "--seed", "7", "--workers", "0", "--quiet", "--out", feats)
+    proc = run_cli("train-vae", *TINY, "--teacher-features", feats, "--out", tmp_path / "b", check=False)
+    assert proc.returncode == 2 and "was extracted from other images" in proc.stderr
+    # A corrupt checkpoint in a run folder.
+    broken = tmp_path / "broken"
+    run_cli("train-vae", *TINY, "--steps", "4", "--out", broken)
+    (broken / "checkpoints" / "step-000004" / "state.pt").write_bytes(b"not a checkpoint")
+    proc = run_cli("train-vae", *TINY, "--steps", "8", "--out", broken, check=False)
+    assert proc.returncode == 2 and "step-000004 is damaged" in proc.stderr
+    # Unknown VAE base.
+    proc = run_cli("train-vae", *TINY[:5], "va-vea", *TINY[6:], "--out", tmp_path / "c", check=False)
+    assert proc.returncode == 2 and "Did you mean 'va-vae'" in proc.stderr
+
+
+def test_teacher_features_from_the_same_images_train(tmp_path):
+    feats = tmp_path / "feats.h5"
+    run_cli("extract", "shapes", "--teacher", "dinov2-s", "--random-weights", "--num-images", "64",
+            "--resolution", "32", "--workers", "0", "--quiet", "--out", feats)
+    out = tmp_path / "cached"
+    run_cli("train-vae", *TINY, "--steps", "2", "--teacher-features", feats, "--out", out)
+    assert (out / "export" / "vae.safetensors").exists()
