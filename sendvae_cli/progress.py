@@ -72,8 +72,8 @@ def progress_bar(description: str, total: int, completed: int = 0, unit: str = "
 
 def info(message: str, show: bool = True) -> None:
     if show:
-        console.print(message, highlight=False)
+        console.print(message, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)

@@ -5,6 +5,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread per process: the suite runs two test processes on two cores (pytest -n 2), and the
+# commands it starts use DataLoader workers; OpenMP spinning on a busy core slows tiny models 10x.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import subprocess
 import sys
