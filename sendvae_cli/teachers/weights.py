@@ -65,9 +65,12 @@ def strip_prefix(state: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dic
     return state
 
 
-def load_checked(module: nn.Module, state: dict[str, torch.Tensor], *, path: Path, teacher: str,
-                 option: str = "--teacher-weights") -> None:
-    """load_state_dict(strict) with a one-line error that says what did not fit."""
+def load_exactly(module: nn.Module, state: dict[str, torch.Tensor], *, path: Path, option: str, what: str) -> None:
+    """load_state_dict(strict) with a one-line error: "{option} {path}: {what}: keys ...".
+
+    `what` completes the sentence, e.g. "does not fit teacher 'mae-b'" or "is not the VGG16
+    features", and the keys part says how many are missing, unexpected or of another shape.
+    """
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -81,8 +84,14 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], *, path: Pat
         if wrong:
             k = wrong[0]
             parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
-        raise UserError(f"{option} {path}: does not fit teacher {teacher!r}: keys " + "; ".join(parts))
+        raise UserError(f"{option} {path}: {what}: keys " + "; ".join(parts))
     module.load_state_dict(state, strict=True)
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], *, path: Path, teacher: str,
+                 option: str = "--teacher-weights") -> None:
+    """Strictly load teacher weights; the error names the teacher they do not fit."""
+    load_exactly(module, state, path=path, option=option, what=f"does not fit teacher {teacher!r}")
 
 
 def is_unreachable(error: BaseException) -> bool:

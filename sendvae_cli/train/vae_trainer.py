@@ -177,8 +177,10 @@ def train_vae(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
     mapper = Mapper(vae.latent_channels, teacher_width, patch_size=patch, depth=cfg["mapper_depth"],
                     noise=cfg["noise"]).to(device)
     model = SendVAE(vae, mapper)
-    lpips = LPIPS(vgg_weights=cfg.get("lpips_vgg_weights"), lin_weights=cfg.get("lpips_lin_weights"),
-                  random_weights=cfg["random_weights"]).to(device)
+    lpips = None
+    if cfg["lpips_weight"] > 0:
+        lpips = LPIPS(vgg_weights=cfg.get("lpips_vgg_weights"), lin_weights=cfg.get("lpips_lin_weights"),
+                      random_weights=cfg["random_weights"]).to(device)
     discriminator = NLayerDiscriminator().to(device)
     if cfg.get("disc_weights"):
         load_discriminator(Path(cfg["disc_weights"]), discriminator)

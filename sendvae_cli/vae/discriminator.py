@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.vae.lpips import load_exactly
+from sendvae_cli.teachers.weights import load_exactly
 
 DISCRIMINATOR_OPTION = "--disc-weights"
 # Wrappers a saved state dict may carry: DDP (`module.`) and torch.compile (`_orig_mod.`).
@@ -88,7 +88,7 @@ def load_discriminator(path: Path | str, discriminator: NLayerDiscriminator | No
     discriminator = discriminator if discriminator is not None else NLayerDiscriminator()
     path = Path(path).expanduser()
     state = read_discriminator_state(path, option)
-    load_exactly(discriminator, state, path=path, option=option, what="an NLayerDiscriminator checkpoint of this size")
+    load_exactly(discriminator, state, path=path, option=option, what="is not an NLayerDiscriminator checkpoint of this size")
     return discriminator
 
 

@@ -66,7 +66,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
 class VAELoss(nn.Module):
     """The VAE-side loss terms and the discriminator loss; holds LPIPS and the discriminator."""
 
-    def __init__(self, lpips: LPIPS, discriminator: NLayerDiscriminator | nn.Module, *, recon: str = "l1",
+    def __init__(self, lpips: LPIPS | None, discriminator: NLayerDiscriminator | nn.Module, *, recon: str = "l1",
                  recon_weight: float = 1.0, lpips_weight: float = 1.0, kl_weight: float = 1e-6,
                  gan_weight: float = 0.1, disc_start: int = 0):
         super().__init__()
@@ -91,7 +91,8 @@ class VAELoss(nn.Module):
         with torch.autocast(device_type=images.device.type, enabled=False):
             images, recon = images.float(), recon.float()
             recon_loss = RECON_LOSSES[self.recon](recon, images)
-            lpips_loss = self.lpips(images, recon).mean()
+            # No LPIPS network at weight 0: its VGG16 weights are then not needed at all.
+            lpips_loss = self.lpips(images, recon).mean() if self.lpips is not None else images.new_zeros(())
             kl = posterior.kl().float()
             kl_loss = kl.sum() / kl.shape[0]
             factor = 1.0 if self.gan_active(step) else 0.0

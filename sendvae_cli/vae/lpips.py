@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import UserError, WeightsNotFound
-from sendvae_cli.teachers.weights import is_unreachable, read_state_dict
+from sendvae_cli.teachers.weights import is_unreachable, load_exactly, read_state_dict
 
 VGG_FILE = "vgg16-397923af.pth"
 VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -96,7 +96,7 @@ class LPIPS(nn.Module):
         """torchvision VGG16 ImageNet weights (`features.*` keys; the classifier is ignored)."""
         state = read_state_dict(path, VGG_OPTION)
         state = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        load_exactly(self.features, state, path=path, option=VGG_OPTION, what="the torchvision VGG16 features")
+        load_exactly(self.features, state, path=path, option=VGG_OPTION, what="is not the torchvision VGG16 features")
 
     def load_lins(self, path: Path) -> None:
         """LPIPS lin weights: the lpips package's `lin{i}.model.1.weight` (index 1 follows its
@@ -110,7 +110,7 @@ class LPIPS(nn.Module):
             elif key.startswith("lins."):
                 key = key[len("lins."):]
             renamed[key] = value
-        load_exactly(self.lins, renamed, path=path, option=LIN_OPTION, what="the LPIPS v0.1 VGG lin layers")
+        load_exactly(self.lins, renamed, path=path, option=LIN_OPTION, what="is not the LPIPS v0.1 VGG lin layers")
 
     # -- forward -------------------------------------------------------------------------------
     def layer_features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -202,18 +202,3 @@ def find_weights(vgg_weights: Path | str | None, lin_weights: Path | str | None)
     if missing:
         raise WeightsNotFound("LPIPS: pretrained weights not found: " + "; ".join(missing))
     return vgg, lin
-
-
-def load_exactly(module: nn.Module, state: dict[str, torch.Tensor], *, path: Path, option: str, what: str) -> None:
-    """load_state_dict(strict) with a one-line error saying what did not fit."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
-        parts += [f"{len(wrong)} of another shape (e.g. {wrong[0]}: {tuple(state[wrong[0]].shape)} vs "
-                  f"{tuple(expected[wrong[0]].shape)})"] if wrong else []
-        raise UserError(f"{option} {path}: is not {what}: keys " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
