@@ -248,6 +248,7 @@ def train_vae(
     log_every: Annotated[Optional[int], typer.Option(help="Steps between metrics.jsonl rows.", rich_help_panel=RUN_PANEL, show_default=False)] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints.", rich_help_panel=RUN_PANEL, show_default=False)] = None,
     sample_every: Annotated[Optional[int], typer.Option(help="Steps between reconstruction grids.", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    stats_images: Annotated[Optional[int], typer.Option(help="Images over which the exported latent statistics are computed (paper: 10000).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: CPU cores, at most 8).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN_PANEL)] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=RUN_PANEL, show_default=False)] = None,
@@ -261,7 +262,8 @@ def train_vae(
         raise UserError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--micro-batch", micro_batch),
                         ("--resolution", resolution), ("--log-every", log_every), ("--num-images", num_images),
-                        ("--checkpoint-every", checkpoint_every), ("--sample-every", sample_every)):
+                        ("--checkpoint-every", checkpoint_every), ("--sample-every", sample_every),
+                        ("--stats-images", stats_images)):
         if value is not None and value <= 0:
             raise UserError(f"{name} {value}: expected a positive number")
     for name, value in (("--lr", lr), ("--epochs", epochs)):
@@ -284,7 +286,7 @@ def train_vae(
         "mapper_patch": mapper_patch, "noise": False if no_noise else None, "recon": recon,
         "lpips_weight": lpips_weight, "kl_weight": kl_weight, "gan_weight": gan_weight, "disc_start": disc_start,
         "log_every": log_every, "checkpoint_every": checkpoint_every, "sample_every": sample_every,
-        "precision": precision,
+        "precision": precision, "stats_images": stats_images,
     }
     if steps is not None:
         explicit["epochs"] = None

@@ -17,7 +17,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
     readme = (REPO / "README.md").read_text()
     blocks = bash_blocks(readme)
     main_job, tests = blocks[0].strip(), blocks[1].strip()
-    assert "sendvae extract shapes" in main_job and "pip install" in main_job
+    assert "sendvae train-vae shapes" in main_job and "pip install" in main_job
     assert tests.endswith("python -m pytest")
     ci = (REPO / ".ci" / "run").read_text()
     assert tests in ci
