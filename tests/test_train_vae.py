@@ -130,3 +130,37 @@ def test_teacher_features_from_the_same_images_train(tmp_path):
     out = tmp_path / "cached"
     run_cli("train-vae", *TINY, "--steps", "2", "--teacher-features", feats, "--out", out)
     assert (out / "export" / "vae.safetensors").exists()
+
+
+def test_nan_loss_stops_with_a_clear_message_and_writes_no_checkpoint(tmp_path):
+    from sendvae_cli.vae.autoencoder import AutoencoderKL
+    from sendvae_cli.vae.export import export_vae
+
+    vae = AutoencoderKL("tiny-f16d8")
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.fill_(float("nan"))
+    export_vae(vae, tmp_path / "poisoned")
+    out = tmp_path / "nan"
+    proc = run_cli("train-vae", *TINY[:5], tmp_path / "poisoned", *TINY[6:], "--out", out, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "loss is not finite at step 0" in proc.stderr and "last good checkpoint is none" in proc.stderr
+    assert not (out / "checkpoints").exists()
+
+
+def test_torchrun_two_processes_train_like_one_with_accumulation(tmp_path):
+    """DDP (2 ranks x micro-batch 2) and gradient accumulation (1 process x 2 x 2) see the same global batches."""
+    common = [a for a in TINY] + ["--steps", "3", "--micro-batch", "2", "--checkpoint-every", "3"]
+    single = tmp_path / "single"
+    run_cli("train-vae", *common, "--out", single)
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "sendvae_cli", "train-vae", *common, "--out", str(ddp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((ddp / "config.json").read_text())["world_size"] == 2
+    assert json.loads((single / "config.json").read_text())["accumulation"] == 2
+    a = load_file(str(single / "export" / "vae.safetensors"))
+    b = load_file(str(ddp / "export" / "vae.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
+    assert any(not torch.equal(a[k], load_file(str(single / "checkpoints" / "step-000003" / "weights.safetensors"))["vae." + k])
+               for k in a) is False  # the export is the final VAE

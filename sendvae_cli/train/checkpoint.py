@@ -1,7 +1,7 @@
 """Atomic, full-state checkpoints: weights in safetensors, the rest in a tensors-only file.
 
     OUT/checkpoints/step-000100/weights.safetensors   every module, keys prefixed "vae.", "mapper.", ...
-    OUT/checkpoints/step-000100/state.pt              optimizers, scaler, RNG, step (torch.load weights_only)
+    OUT/checkpoints/step-000100/state.pt              optimizers, step, ... (torch.load weights_only)
     OUT/checkpoints/latest                            "step-000100"
 
 A checkpoint is written into `step-XXXXXX.tmp/` and renamed when complete, then `latest` is
@@ -38,19 +38,6 @@ def _fsync_dir(path: Path) -> None:
 
 def unwrap(module: nn.Module) -> nn.Module:
     return module.module if hasattr(module, "module") else module
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Checkpoints:

@@ -5,9 +5,12 @@ One optimizer step:
         posterior = VAE.encode(x); z = sample; x_hat = VAE.decode(z)
         L = L_VAE(x, x_hat, posterior) + align_weight * (1 - cos(mapper(z), teacher(x)))
     clip, AdamW step (VAE + mapper); then the discriminator's hinge step on the same batch.
-Everything that decides the result (weights, both optimizers, EMA, RNG, data position) is in
-each checkpoint, so rerunning the command after a crash continues exactly where the last
-checkpoint left off: a killed and resumed run ends with the same weights as an uninterrupted one.
+Everything that decides the result (weights, both optimizers, EMA, data position) is in each
+checkpoint, and the random numbers of a micro-batch (posterior sample, noise injection) come from
+a seed derived from (seed, step, global micro-batch index). So rerunning the command after a
+crash continues exactly where the last checkpoint left off (a killed and resumed run ends with
+the same weights as an uninterrupted one), ranks never share noise, and DDP over N processes
+draws the same numbers as gradient accumulation over N micro-batches in one process.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from sendvae_cli import __version__, distributed
 from sendvae_cli.data.open import open_images
 from sendvae_cli.errors import UserError
 from sendvae_cli.progress import info, progress_bar, warn
-from sendvae_cli.train.checkpoint import Checkpoints, rng_state, set_rng_state, unwrap
+from sendvae_cli.train.checkpoint import Checkpoints, unwrap
 from sendvae_cli.train.ema import EMA
 from sendvae_cli.train.metrics import MetricsLog
 from sendvae_cli.train.preview import save_grid
@@ -121,6 +124,11 @@ def _teacher_targets(cfg, registry, source, device):
     return (lambda images, indices: teacher(images).float()), teacher.width, grid
 
 
+def micro_batch_seed(seed: int, step: int, micro: int) -> int:
+    """The seed of one micro-batch's random numbers: a function of its place in training only."""
+    return (seed * 2_654_435_761 + step * 40_503 + micro * 7_919 + 1) % (2**63 - 1)
+
+
 def _grad_norm_clip(parameters, max_norm: float) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(parameters, max_norm) if max_norm > 0 else torch.zeros(())
 
@@ -201,7 +209,6 @@ def train_vae(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
         state = checkpoints.load(latest, modules)
         optimizer.load_state_dict(state["optimizer"])
         disc_optimizer.load_state_dict(state["disc_optimizer"])
-        set_rng_state(state["rng"])
         step = int(state["step"])
         info(f"resuming {out} from {latest.name}", show)
     elif resumed:
@@ -233,7 +240,7 @@ def train_vae(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
     def save(at_step: int) -> None:
         if dist.is_main:
             checkpoints.save(at_step, modules, {
-                "optimizer": optimizer.state_dict(), "disc_optimizer": disc_optimizer.state_dict(), "rng": rng_state(),
+                "optimizer": optimizer.state_dict(), "disc_optimizer": disc_optimizer.state_dict(),
             })
         dist.barrier()
 
@@ -246,6 +253,7 @@ def train_vae(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
             sums: dict[str, float] = {}
             for micro in range(accumulation):
                 images, _, indices = next(batches)
+                torch.manual_seed(micro_batch_seed(cfg["seed"], step, micro * dist.world + dist.rank))
                 x = to_model_range(images.to(device, non_blocking=True))
                 target = targets(x, indices)
                 sync = nullcontext() if (micro == accumulation - 1 or dist.world == 1) else model.no_sync()
