@@ -1,136 +1,31 @@
-"""Reading teacher weights from a local file, and the error when none can be found.
+"""Teacher weights: the shared weight-file helpers, plus the strict load that names the teacher.
 
-Files are safetensors or plain tensor pickles read with `torch.load(weights_only=True)`;
-nothing else is ever unpickled. A folder is searched for the usual weight file names.
+Plugin authors import from here (`read_state_dict`, `load_checked`, `strip_prefix`,
+`weights_not_found`, ...); the implementations live in `sendvae_cli.weights`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
 
-from sendvae_cli.errors import UserError, WeightsNotFound
-
-WEIGHT_FILE_NAMES = (
-    "model.safetensors",
-    "open_clip_model.safetensors",
-    "pytorch_model.bin",
-    "open_clip_pytorch_model.bin",
-    "model.pth",
-    "model.pt",
+from sendvae_cli.weights import (  # noqa: F401 - re-exported for plugins
+    NESTED_KEYS,
+    WEIGHT_FILE_NAMES,
+    find_weight_file,
+    hf_hint,
+    is_unreachable,
+    key_mismatch,
+    load_exactly,
+    read_state_dict,
+    strip_prefix,
+    weights_not_found,
 )
-NESTED_KEYS = ("state_dict", "model", "teacher", "module")
-
-
-def find_weight_file(path: Path, option: str = "--teacher-weights") -> Path:
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for name in WEIGHT_FILE_NAMES:
-            if (path / name).is_file():
-                return path / name
-        raise UserError(f"{option} {path}: folder holds none of {', '.join(WEIGHT_FILE_NAMES)}")
-    if not path.is_file():
-        raise UserError(f"{option} {path}: no such file")
-    return path
-
-
-def read_state_dict(path: Path, option: str = "--teacher-weights") -> dict[str, torch.Tensor]:
-    """Tensors of a weights file, unwrapped from the usual {'model': ...} containers."""
-    path = find_weight_file(path, option)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is a user-facing problem
-        raise UserError(f"{option} {path}: not a readable weights file ({type(error).__name__}: {error})") from None
-    for key in NESTED_KEYS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{option} {path}: expected a dictionary of tensors (a state dict)")
-    return state
-
-
-def strip_prefix(state: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Keep the keys under the first prefix present (e.g. 'visual.' of a whole CLIP)."""
-    for prefix in prefixes:
-        if any(k.startswith(prefix) for k in state):
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
-
-
-def load_exactly(module: nn.Module, state: dict[str, torch.Tensor], *, path: Path, option: str, what: str) -> None:
-    """load_state_dict(strict) with a one-line error: "{option} {path}: {what}: keys ...".
-
-    `what` completes the sentence, e.g. "does not fit teacher 'mae-b'" or "is not the VGG16
-    features", and the keys part says how many are missing, unexpected or of another shape.
-    """
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
-        raise UserError(f"{option} {path}: {what}: keys " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
 
 
 def load_checked(module: nn.Module, state: dict[str, torch.Tensor], *, path: Path, teacher: str,
                  option: str = "--teacher-weights") -> None:
     """Strictly load teacher weights; the error names the teacher they do not fit."""
     load_exactly(module, state, path=path, option=option, what=f"does not fit teacher {teacher!r}")
-
-
-def is_unreachable(error: BaseException) -> bool:
-    """True when an exception chain says 'not cached and no network', not a real bug."""
-    names = {
-        "LocalEntryNotFoundError",
-        "OfflineModeIsEnabled",
-        "EntryNotFoundError",
-        "RepositoryNotFoundError",
-        "GatedRepoError",
-        "HfHubHTTPError",
-        "ConnectionError",
-        "URLError",
-        "ConnectError",
-        "ConnectTimeout",
-        "ReadTimeout",
-        "FileNotFoundError",
-        "OSError",
-        "HTTPError",
-    }
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if any(cls.__name__ in names for cls in type(error).__mro__):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def weights_not_found(teacher: str, where: str, fetch_hint: str) -> WeightsNotFound:
-    return WeightsNotFound(
-        f"teacher {teacher!r}: pretrained weights not found: {where}. {fetch_hint} "
-        f"Or pass --teacher-weights PATH (a .safetensors/.pth state dict), or --random-weights for a smoke run."
-    )
-
-
-def hf_hint(repo_id: str, filename: str | None = None) -> str:
-    what = f"{repo_id} ({filename})" if filename else repo_id
-    return (
-        f"It is looked up in the Hugging Face cache (HF_HOME, default ~/.cache/huggingface) as {what}; "
-        f"on a machine with network run `hf download {repo_id}` and copy the cache here."
-    )

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.teachers.weights import load_exactly
+from sendvae_cli.weights import load_exactly
 
 DISCRIMINATOR_OPTION = "--disc-weights"
 # Wrappers a saved state dict may carry: DDP (`module.`) and torch.compile (`_orig_mod.`).

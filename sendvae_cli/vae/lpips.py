@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import UserError, WeightsNotFound
-from sendvae_cli.teachers.weights import is_unreachable, load_exactly, read_state_dict
+from sendvae_cli.weights import is_unreachable, load_exactly, read_state_dict
 
 VGG_FILE = "vgg16-397923af.pth"
 VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"

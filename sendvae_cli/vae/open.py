@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from sendvae_cli.errors import UserError, WeightsNotFound
-from sendvae_cli.teachers.weights import hf_hint, is_unreachable
+from sendvae_cli.weights import hf_hint, is_unreachable
 from sendvae_cli.vae.autoencoder import VAE_CONFIGS, VAEConfig, config_name
 from sendvae_cli.vae.export import is_exported, load_exported
 from sendvae_cli.vae.weights import (DIFFUSERS_WEIGHT_NAMES, WEIGHT_SUFFIXES, LoadedVAE, summarise_keys, build_model,

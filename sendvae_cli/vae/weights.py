@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import torch
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.weights import key_mismatch
 from sendvae_cli.vae.autoencoder import VAE_CONFIGS, AutoencoderKL, VAEConfig, config_name
 
 # Top-level modules of the VAE itself; any other key in a file is a training extra.
@@ -432,24 +433,14 @@ def check_fits(config: VAEConfig, state: Mapping[str, torch.Tensor], *, path: Pa
     """One-line UserError unless `state` has exactly the tensors of AutoencoderKL(config)."""
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in AutoencoderKL(config).state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-    if not (missing or unexpected or wrong):
+    problem = key_mismatch(expected, state)
+    if problem is None:
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if wrong:
-        k = wrong[0]
-        parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {expected[k]})")
     try:
         found = f"; the file holds {infer_config(state).describe()}"
     except ValueError:
         found = ""
-    raise UserError(f"{option} {path}: does not fit {what} {config.describe()}: keys " + "; ".join(parts) + found)
+    raise UserError(f"{option} {path}: does not fit {what} {config.describe()}: {problem}{found}")
 
 
 def build_model(config: VAEConfig, state: Mapping[str, torch.Tensor] | None = None, *,
