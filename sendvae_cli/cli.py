@@ -317,6 +317,112 @@ def train_vae(
     run(cfg, registry, out)
 
 
+# --------------------------------------------------------------------------------------------
+# cache-latents
+# --------------------------------------------------------------------------------------------
+@app.command("cache-latents")
+@user_errors
+def cache_latents(
+    data: Annotated[Optional[str], typer.Argument(metavar="DATA", help="A folder of images (class sub-folders give labels) or a dataset name, e.g. shapes.", show_default=False)] = None,
+    vae: Annotated[Optional[str], typer.Option(help="VAE base name, exported VAE folder (train-vae), diffusers folder or REPA-E .pt file.", rich_help_panel="VAE", show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="Output HDF5 latent cache.", rich_help_panel=RUN_PANEL)] = Path("latents.h5"),
+    flip: Annotated[bool, typer.Option("--flip", help="Also store the latents of the horizontally flipped images.", rich_help_panel=DATA_PANEL)] = False,
+    info: Annotated[Optional[Path], typer.Option("--info", help="Print what a latent cache holds (attributes, counts, completeness, statistics) and exit.", show_default=False)] = None,
+    resolution: Annotated[int, typer.Option(help="Image side in pixels after ADM centre crop (multiple of 16).", rich_help_panel=DATA_PANEL)] = 256,
+    num_images: Annotated[Optional[int], typer.Option(help="Use only the first N images (for a named dataset: its size).", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for generated datasets and --random-weights.", rich_help_panel=DATA_PANEL)] = 0,
+    root: Annotated[Optional[Path], typer.Option(help="Where a named on-disk dataset lives.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    strict: Annotated[bool, typer.Option(help="Fail on an unreadable image instead of skipping it.", rich_help_panel=DATA_PANEL)] = False,
+    vae_weights: Annotated[Optional[Path], typer.Option(help="Local weights for the VAE base.", rich_help_panel="VAE", show_default=False)] = None,
+    random_weights: Annotated[bool, typer.Option(help="Build the VAE base untrained (smoke runs, benchmarks).", rich_help_panel="VAE")] = False,
+    compression: Annotated[Optional[str], typer.Option(help="Compress the cache: gzip or lzf (default none: fastest reads).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass and process (default: 64 on GPU, 16 on CPU).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes decoding images (default: CPU cores, at most 8).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN_PANEL)] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (= fp32: the cache stores float16), fp32 or bf16.", rich_help_panel=RUN_PANEL)] = "auto",
+    block_rows: Annotated[int, typer.Option(help="Rows per resumable block: the unit of work of one process.", rich_help_panel=RUN_PANEL)] = 1024,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUN_PANEL)] = False,
+) -> None:
+    """VAE latents (posterior mean and std) of every image into an HDF5 cache with whole-set statistics (resumable: rerun to continue)."""
+    if info is not None:
+        if data is not None:
+            raise UserError(f"--info {info}: takes no DATA argument (got {data!r})")
+        from sendvae_cli.data.latents import describe_cache
+
+        for line in describe_cache(info):
+            typer.echo(line)
+        return
+    if data is None:
+        raise UserError("DATA: missing; expected a folder of images or a dataset name (or --info LATENTS.h5)")
+    if vae is None:
+        raise UserError("--vae: missing; expected a VAE base name (e.g. va-vae), an exported VAE folder, "
+                        "a diffusers folder or a .pt file")
+    for name, value in (("--batch-size", batch_size), ("--block-rows", block_rows)):
+        if value is not None and value <= 0:
+            raise UserError(f"{name} {value}: expected a positive number")
+    if workers is None:
+        workers = _default_workers()
+    if workers < 0:
+        raise UserError(f"--workers {workers}: expected 0 or more")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--precision {precision}: expected auto, fp32 or bf16")
+    if compression is not None and compression not in ("gzip", "lzf"):
+        raise UserError(f"--compression {compression}: expected gzip or lzf")
+    if vae_weights is not None and random_weights:
+        raise UserError("--vae-weights and --random-weights exclude each other")
+    if vae_weights is not None and not vae_weights.expanduser().exists():
+        raise UserError(f"--vae-weights {vae_weights}: no such file or folder")
+    if out.expanduser().is_dir():
+        raise UserError(f"--out {out}: is a folder; expected the path of an .h5 file")
+    registry = _registry()
+
+    from sendvae_cli.data.latents import CacheLatentsOptions, cache_latents as run_cache
+    from sendvae_cli.data.open import open_images
+    from sendvae_cli.progress import warn
+
+    source = open_images(data, registry=registry, resolution=resolution, num_images=num_images, seed=seed,
+                         strict=strict, root=str(root) if root else None)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    skipped = getattr(source, "skipped_summary", lambda: None)()
+    if skipped and is_main:
+        warn(skipped)
+    if random_weights and is_main:
+        warn(f"VAE {vae!r} has random weights (--random-weights): its latents carry no meaning")
+    options = CacheLatentsOptions(vae=vae, vae_weights=vae_weights, random_weights=random_weights, seed=seed,
+                                  flip=flip, batch_size=batch_size, workers=workers, device=device,
+                                  precision=precision, block_rows=block_rows, compression=compression, quiet=quiet)
+    run_cache(source, out, options, registry)
+
+
+# --------------------------------------------------------------------------------------------
+# fid
+# --------------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def fid(
+    samples: Annotated[str, typer.Argument(metavar="SAMPLES", help="A folder of images or an ADM .npz (arr_0: uint8 N x H x W x 3).", show_default=False)],
+    ref: Annotated[str, typer.Option("--ref", help="Reference: a folder of images, an ADM reference batch .npz (mu, sigma, mu_s, sigma_s, arr_0), or statistics saved by --save-stats.", rich_help_panel=DATA_PANEL, show_default=False)],
+    save_stats: Annotated[Optional[Path], typer.Option(help="Write the statistics of the reference (and its precision/recall features) here, for reuse as --ref.", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="Use only the first N samples (default: all; papers use 50,000).", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option(help="Local weights-inception-2015-12-05-6726825d.pth (the torch-fidelity release file), or a folder holding it.", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="JSON file with every figure and the protocol (default: SAMPLES.fid.json beside SAMPLES).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 250 on GPU, 32 on CPU).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes decoding image folders (default: CPU cores, at most 8).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN_PANEL)] = "auto",
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse reference statistics cached by content ($SENDVAE_CACHE/fid).", rich_help_panel=RUN_PANEL)] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUN_PANEL)] = False,
+) -> None:
+    """FID, sFID, Inception Score, precision and recall as the ADM suite computes them (docs/fid.md)."""
+    from rich.console import Console
+
+    from sendvae_cli.eval.fid import FidOptions, evaluate, render_table
+
+    options = FidOptions(samples=samples, ref=ref, save_stats=save_stats, inception_weights=inception_weights,
+                         batch_size=batch_size, device=device, num_samples=num_samples, json_out=json_out,
+                         workers=workers, cache=cache, quiet=quiet)
+    Console().print(render_table(evaluate(options)))
+
+
 def main() -> None:
     app(prog_name="sendvae")
 

@@ -9,11 +9,6 @@ which makes the run resumable and crash-safe and independent of the number of pr
 from __future__ import annotations
 
 import json
-import os
-import queue
-import shutil
-import threading
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +18,11 @@ import numpy as np
 import torch
 
 from sendvae_cli import distributed
-from sendvae_cli.data.h5rows import ArraySpec, RowCache, batches
-from sendvae_cli.data.source import ImageSource, to_model_range
+from sendvae_cli.data import encode_rows
+from sendvae_cli.data.encode_rows import autocast_for
+from sendvae_cli.data.h5rows import ArraySpec, RowCache
+from sendvae_cli.data.source import ImageSource
 from sendvae_cli.errors import UserError
-from sendvae_cli.progress import info, progress_bar
 from sendvae_cli.teachers.base import TOKEN_STRIDE
 
 PRODUCER = "sendvae extract"
@@ -63,45 +59,6 @@ def build_teacher(spec, options: ExtractOptions, device: torch.device):
     return teacher.to(device)
 
 
-class BackgroundWriter:
-    """Writes finished batches on a thread so the next forward pass need not wait for disk."""
-
-    def __init__(self, depth: int = 2):
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            if self.error is None:
-                block, rows = item
-                try:
-                    block.write(rows)
-                except BaseException as error:  # noqa: BLE001 - re-raised on the main thread
-                    self.error = error
-
-    def put(self, block, rows) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put((block, rows))
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> dict[str, Any]:
     """Extract tokens of every row of `source` into `out`; returns a summary."""
     out = Path(out)
@@ -126,84 +83,40 @@ def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> di
     cache = RowCache(out, len(source), arrays, config, block_rows=options.block_rows)
     summary = {"out": str(out), "rows": len(source), "tokens": rows_ * cols_, "width": spec.width}
 
-    if cache.existing_complete():
-        if dist.is_main and cache.parts.exists():
-            shutil.rmtree(cache.parts, ignore_errors=True)
-        info(f"{out} is already complete ({len(source)} rows); nothing to do", show)
+    if encode_rows.already_complete(cache, dist, show):
         return dict(summary, computed=0)
 
     teacher = build_teacher(spec, options, dist.device)
     if teacher.width != spec.width or teacher.token_grid(source.resolution) != (rows_, cols_):
         raise RuntimeError(f"teacher {spec.name!r} built with width {teacher.width}, its spec says {spec.width}")
+    encode_rows.prepare(cache, dist)
 
-    if dist.is_main:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cache.prepare(is_main=True)
-    dist.barrier()
+    def step(x: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+        with autocast_for(dist.device, options.precision):
+            tokens = teacher(x)
+        return {"tokens": tokens.to(torch.float16).cpu().numpy(), "labels": labels.numpy().astype(np.int64)}
 
-    # Read where each block stands, then start the DataLoader workers with no cache file open:
-    # forked workers would otherwise inherit the files (and their locks) and could outlive a
-    # killed run, blocking the rerun.
-    blocks = cache.open_blocks(dist.rank, dist.world)
-    todo = [(block.path, rows) for block, rows in batches(blocks, batch_size)]
-    mine = sum(b.stop - b.start for b in blocks)
-    done = sum(b.rows_done for b in blocks)
-    for block in blocks:
-        block.close()
-    computed = 0
-    if todo:
-        loader = torch.utils.data.DataLoader(
-            source,
-            batch_sampler=[rows for _, rows in todo],
-            num_workers=options.workers,
-            pin_memory=dist.device.type == "cuda",
-        )
-        batches_in = iter(loader)
-        blocks = {b.path: b for b in cache.open_blocks(dist.rank, dist.world)}
-        writer = BackgroundWriter()
-        try:
-            label = f"extract {spec.name}" + (f" (rank 0 of {dist.world})" if dist.world > 1 else "")
-            with progress_bar(label, total=mine, completed=done, show=show) as bar:
-                for (path, rows), (images, labels) in zip(todo, batches_in):
-                    x = to_model_range(images.to(dist.device, non_blocking=True))
-                    with autocast_for(dist.device, options.precision):
-                        tokens = teacher(x)
-                    writer.put(blocks[path], {
-                        "tokens": tokens.to(torch.float16).cpu().numpy(),
-                        "labels": labels.numpy().astype(np.int64),
-                    })
-                    computed += len(rows)
-                    bar.advance(len(rows))
-        finally:
-            try:
-                writer.close()
-            finally:
-                for block in blocks.values():
-                    block.close()
-
-    dist.barrier()
-    if dist.is_main:
-        attrs = {
-            "producer": PRODUCER,
-            "teacher": spec.name,
-            "teacher_family": spec.family,
-            "teacher_width": teacher.width,
-            "patch_size": teacher.patch_size,
-            "token_grid": [rows_, cols_],
-            "resolution": source.resolution,
-            "source": json.dumps(source.describe(), sort_keys=True),
-            "row_order_sha256": config["row_order_sha256"],
-            "teacher_weights": config["teacher_weights"],
-        }
-        row_ids = np.array(source.row_ids(), dtype=object)
-        cache.merge(attrs, extra={"rows": row_ids})
-        resolved = out.with_name(out.name + ".json")
-        tmp = resolved.with_name(resolved.name + ".tmp")
-        tmp.write_text(json.dumps(dict(config, token_grid=[rows_, cols_], width=teacher.width,
-                                       batch_size=batch_size, world_size=dist.world), indent=2, default=str))
-        os.replace(tmp, resolved)
-        info(f"wrote {out}: tokens {len(source)} x {rows_ * cols_} x {teacher.width} float16", show)
-    dist.barrier()
+    computed = encode_rows.fill(cache, source, dist, step, batch_size=batch_size, workers=options.workers,
+                                label=f"extract {spec.name}", show=show)
+    attrs = {
+        "producer": PRODUCER,
+        "teacher": spec.name,
+        "teacher_family": spec.family,
+        "teacher_width": teacher.width,
+        "patch_size": teacher.patch_size,
+        "token_grid": [rows_, cols_],
+        "resolution": source.resolution,
+        "source": json.dumps(source.describe(), sort_keys=True),
+        "row_order_sha256": config["row_order_sha256"],
+        "teacher_weights": config["teacher_weights"],
+    }
+    encode_rows.finish(
+        cache, dist, attrs,
+        extra={"rows": np.array(source.row_ids(), dtype=object)} if dist.is_main else None,
+        resolved=dict(config, token_grid=[rows_, cols_], width=teacher.width, batch_size=batch_size,
+                      world_size=dist.world),
+        message=f"wrote {out}: tokens {len(source)} x {rows_ * cols_} x {teacher.width} float16", show=show,
+    )
     return dict(summary, computed=computed)
 
 

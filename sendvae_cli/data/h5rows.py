@@ -27,7 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -172,9 +172,18 @@ class RowCache:
         ]
 
     # -- merge -------------------------------------------------------------------------------
-    def merge(self, attrs: Mapping[str, Any], extra: Mapping[str, np.ndarray] | None = None,
-              chunk_rows: int = 256) -> None:
-        """Copy every block into OUT in row order; OUT appears only once complete."""
+    def merge(self, attrs: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+              extra: Mapping[str, np.ndarray] | None = None, chunk_rows: int = 256,
+              compression: str | None = None,
+              observe: Callable[[str, np.ndarray], None] | None = None) -> None:
+        """Copy every block into OUT in row order; OUT appears only once complete.
+
+        `compression` ("gzip" or "lzf") applies to the merged arrays only: blocks stay
+        uncompressed so that rows can be overwritten in place. `observe(name, rows)` sees every
+        row of every array exactly once, in row order, as it is copied (a streaming statistics
+        hook); `attrs` may be a callable, evaluated after the copy, so that attributes can hold
+        what `observe` accumulated. Both are deterministic, so the file stays byte-identical.
+        """
         tmp = self.out.with_name(self.out.name + ".merging")
         blocks = [Block(self.block_path(i), s, e, self.arrays, self.fingerprint)
                   for i, (s, e) in enumerate(self.block_ranges())]
@@ -185,15 +194,19 @@ class RowCache:
             with h5py.File(tmp, "w") as f:
                 for name, spec in self.arrays.items():
                     ds = f.create_dataset(name, shape=(self.num_rows, *spec.row_shape), dtype=spec.dtype,
-                                          chunks=(1, *spec.row_shape), track_times=False)
+                                          chunks=(1, *spec.row_shape), track_times=False,
+                                          compression=compression if spec.row_shape else None)
                     for block in blocks:
                         for lo in range(block.start, block.stop, chunk_rows):
                             hi = min(lo + chunk_rows, block.stop)
-                            ds[lo:hi] = block.read(name, lo, hi)
+                            values = block.read(name, lo, hi)
+                            if observe is not None:
+                                observe(name, values)
+                            ds[lo:hi] = values
                 for name, values in (extra or {}).items():
                     dtype = h5py.string_dtype() if values.dtype == object else values.dtype
                     f.create_dataset(name, data=values, dtype=dtype, track_times=False)
-                for key, value in attrs.items():
+                for key, value in (attrs() if callable(attrs) else attrs).items():
                     f.attrs[key] = value
                 f.attrs["format_version"] = FORMAT_VERSION
                 f.attrs["config"] = json.dumps(self.config, sort_keys=True, default=str)
@@ -212,3 +225,46 @@ def batches(blocks: list[Block], batch_size: int) -> Iterator[tuple[Block, list[
         # Batches are aligned to the block start, so a resumed block computes the same batches.
         for s in range(lo, block.stop, batch_size):
             yield block, list(range(s, min(s + batch_size, block.stop)))
+
+
+def parts_progress(out: Path) -> dict[str, Any] | None:
+    """Where an unfinished run of OUT stands, read from `OUT.parts/` (None when there is none).
+
+    Safe while the run is going on: block files are opened read-only without HDF5 file locking,
+    and only their row counters are read. Returns the manifest's configuration, the row and
+    block counts, and how many rows each block file holds so far.
+    """
+    parts = Path(out).with_name(Path(out).name + ".parts")
+    manifest = parts / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        saved = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    config = saved.get("config", {})
+    num_rows = int(config.get("rows", 0))
+    block_rows = int(config.get("block_rows", 1) or 1)
+    blocks = []
+    for i, start in enumerate(range(0, num_rows, block_rows)):
+        stop = min(start + block_rows, num_rows)
+        path = parts / f"block-{i:06d}.h5"
+        done = 0
+        if path.exists():
+            try:
+                with h5py.File(path, "r", locking=False) as f:
+                    done = int(f[PROGRESS][0])
+            except (OSError, KeyError):
+                done = 0
+        blocks.append({"block": i, "start": start, "stop": stop, "rows_done": min(done, stop - start),
+                       "exists": path.exists()})
+    return {
+        "parts": str(parts),
+        "config": config,
+        "rows": num_rows,
+        "rows_done": sum(b["rows_done"] for b in blocks),
+        "blocks": len(blocks),
+        "blocks_done": sum(b["rows_done"] == b["stop"] - b["start"] for b in blocks),
+        "block_files": blocks,
+        "merging": parts.with_name(Path(out).name + ".merging").exists(),
+    }

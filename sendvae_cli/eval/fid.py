@@ -1,0 +1,322 @@
+"""`sendvae fid`: FID, sFID, Inception Score, precision and recall of samples against a reference.
+
+The pipeline streams images once through the Inception network (torch-fidelity's TF port, on the
+GPU when there is one) and keeps only what the metrics need: float64 running moments of the pool
+(2048) and spatial (2023) features, per-split sums for the Inception Score, and the float32 pool
+features for precision/recall (N x 2048; for the reference at most `pr_reference_cap` rows, an
+evenly strided subset). Reference statistics come from the reference file when it has them, else
+from the cache, else they are computed and cached. See docs/fid.md for the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sendvae_cli.errors import UserError
+from sendvae_cli.eval.frechet import Moments, frechet_distance
+from sendvae_cli.eval.inception import POOL_DIM, SPATIAL_DIM, InceptionFeatures
+from sendvae_cli.eval.inputs import (
+    PROTOCOL_VERSION,
+    ImageInput,
+    Reference,
+    ReferenceStats,
+    cache_dir,
+    cache_key,
+    open_images,
+    open_reference,
+    read_stats_file,
+    save_stats,
+)
+from sendvae_cli.eval.metrics import IS_SPLITS, PR_NEIGHBOURS, InceptionScore, minimum_counts, precision_recall
+from sendvae_cli.progress import info, progress_bar, warn
+
+ADM_SAMPLES = 50_000
+
+
+@dataclass
+class FidOptions:
+    samples: Path | str
+    ref: Path | str
+    save_stats: Path | None = None
+    inception_weights: Path | None = None
+    batch_size: int | None = None
+    device: str = "auto"
+    num_samples: int | None = None
+    json_out: Path | None = None
+    workers: int | None = None
+    cache: bool = True
+    quiet: bool = False
+    pr_reference_cap: int = 50_000
+
+
+@dataclass
+class Featurised:
+    pool: Moments
+    spatial: Moments
+    features: np.ndarray
+    inception_score: InceptionScore | None
+    seconds: float
+
+
+def default_json_path(samples: Path | str) -> Path:
+    p = Path(samples).expanduser()
+    base = p.with_suffix("") if p.suffix.lower() == ".npz" else p
+    return base.parent / f"{base.name}.fid.json"
+
+
+def strided_rows(count: int, cap: int) -> np.ndarray:
+    """At most `cap` row indices spread evenly over `count` rows (all rows when count <= cap)."""
+    if count <= cap:
+        return np.arange(count)
+    return (np.arange(cap, dtype=np.int64) * count) // cap
+
+
+def featurise(images: ImageInput, extractor: InceptionFeatures, *, batch_size: int, workers: int,
+              limit: int | None = None, keep_rows: np.ndarray | None = None, inception_score: bool = False,
+              description: str = "Inception features", show: bool = True) -> Featurised:
+    """One pass over the images: running moments, IS sums, and the pool features of `keep_rows` (default all)."""
+    count = limit or images.count
+    keep = np.arange(count) if keep_rows is None else keep_rows
+    features = np.empty((len(keep), POOL_DIM), dtype=np.float32)
+    pool_m, spatial_m = Moments(POOL_DIM, extractor.device), Moments(SPATIAL_DIM, extractor.device)
+    score = InceptionScore(count, IS_SPLITS) if inception_score else None
+    seen, kept = 0, 0
+    start = time.perf_counter()
+    with progress_bar(description, total=count, unit="img", show=show) as bar:
+        for batch in images.batches(batch_size, limit=count, workers=workers):
+            pool, spatial, logits = extractor(batch)
+            pool_m.update(pool)
+            spatial_m.update(spatial)
+            if score is not None:
+                score.update(logits)
+            # rows of this batch that are kept for precision/recall
+            hi = np.searchsorted(keep, seen + len(batch))
+            if hi > kept:
+                features[kept:hi] = pool[torch.as_tensor(keep[kept:hi] - seen, device=pool.device)].cpu().numpy()
+                kept = hi
+            seen += len(batch)
+            bar.advance(len(batch))
+    if seen != count:
+        raise UserError(f"{images.option} {images.path}: expected {count} images, read {seen}")
+    return Featurised(pool_m, spatial_m, features, score, time.perf_counter() - start)
+
+
+def _reference_from_images(ref: Reference, extractor: InceptionFeatures, options: FidOptions,
+                           batch_size: int, workers: int) -> tuple[ReferenceStats, str]:
+    """Statistics of the reference's images: from the cache, or computed (and cached)."""
+    images = ref.images
+    assert images is not None
+    cap = options.pr_reference_cap
+    cached_path = None
+    if options.cache:
+        info(f"hashing {images.count} reference images for the statistics cache ...", show=not options.quiet)
+        key = cache_key(images.content_sha256(workers=max(1, workers)), extractor.sha256, cap)
+        cached_path = cache_dir() / f"{key}.npz"
+        if cached_path.is_file():
+            try:
+                stats, _ = read_stats_file(cached_path, "cache")
+            except UserError as error:
+                warn(f"ignoring a damaged cache entry: {error}")
+                stats = None
+            if stats is not None and stats.meta.get("weights_sha256") == extractor.sha256:
+                return stats, "cache"
+    done = featurise(images, extractor, batch_size=batch_size, workers=workers,
+                     keep_rows=strided_rows(images.count, cap), description="Inception features: reference",
+                     show=not options.quiet)
+    stats = ReferenceStats(done.pool.gaussian(), done.spatial.gaussian(), done.features,
+                           {"weights_sha256": extractor.sha256, "source": images.describe(),
+                            "pr_features": len(done.features)})
+    if cached_path is not None:
+        try:
+            save_stats(cached_path, stats, stats.meta)
+        except OSError as error:
+            warn(f"could not write the statistics cache {cached_path}: {error}")
+    return stats, "computed"
+
+
+def resolve_reference(ref: Reference, extractor: InceptionFeatures, options: FidOptions, batch_size: int,
+                      workers: int) -> tuple[ReferenceStats, dict[str, Any]]:
+    """The statistics and features the metrics use, and where each came from."""
+    provenance: dict[str, Any] = {}
+    file_stats = ref.stats
+    if file_stats is not None and ref.kind == "stats":
+        made_with = file_stats.meta.get("weights_sha256")
+        if made_with and made_with != extractor.sha256:
+            raise UserError(f"--ref {ref.path}: statistics were computed with Inception weights sha256 {made_with[:12]}..., "
+                            f"this run uses {extractor.sha256[:12]}...; recompute them with these weights")
+    if file_stats is not None and ref.kind == "adm-reference" and not extractor.is_release:
+        warn(f"--ref {ref.path}: ADM reference statistics come from the release Inception weights, this run uses other "
+             f"weights (sha256 {extractor.sha256[:12]}...): FID against them means nothing")
+    need_images = file_stats is None or file_stats.spatial is None or file_stats.features is None
+    from_images: ReferenceStats | None = None
+    if need_images and ref.images is not None:
+        from_images, provenance["images"] = _reference_from_images(ref, extractor, options, batch_size, workers)
+    if file_stats is not None:
+        pool, spatial, features = file_stats.pool, file_stats.spatial, file_stats.features
+        provenance["fid"] = "file"
+        provenance["sfid"] = "file" if spatial is not None else None
+        provenance["precision_recall"] = "file" if features is not None else None
+    else:
+        pool = spatial = features = None
+    if from_images is not None:
+        if pool is None:
+            pool, provenance["fid"] = from_images.pool, "images"
+        if spatial is None:
+            spatial, provenance["sfid"] = from_images.spatial, "images"
+        if features is None:
+            features, provenance["precision_recall"] = from_images.features, "images"
+    assert pool is not None
+    meta = {"weights_sha256": extractor.sha256, "source": ref.describe()}
+    return ReferenceStats(pool, spatial, features, meta), provenance
+
+
+def _check_counts(samples: ImageInput, count: int, ref: Reference) -> None:
+    need = minimum_counts()
+    if count < need["inception_score"]:
+        raise UserError(f"SAMPLES {samples.path}: {count} image(s); the Inception Score ({IS_SPLITS} splits) needs at "
+                        f"least {need['inception_score']}")
+    if ref.stats is None or ref.stats.features is None:
+        ref_images = ref.images.count if ref.images is not None else None
+        if ref.stats is None and ref_images is not None and ref_images < need["fid"]:
+            raise UserError(f"--ref {ref.path}: {ref_images} image(s); FID needs at least {need['fid']}")
+        if ref_images is not None and ref_images < need["precision_recall"]:
+            raise UserError(f"--ref {ref.path}: {ref_images} image(s); precision/recall (k={PR_NEIGHBOURS} neighbours) "
+                            f"need at least {need['precision_recall']}")
+    elif len(ref.stats.features) < need["precision_recall"]:
+        raise UserError(f"--ref {ref.path}: features of {len(ref.stats.features)} image(s); precision/recall "
+                        f"(k={PR_NEIGHBOURS} neighbours) need at least {need['precision_recall']}")
+
+
+def _pick_device(requested: str) -> torch.device:
+    from sendvae_cli.distributed import pick_device
+
+    try:
+        return pick_device(requested)
+    except RuntimeError as error:
+        raise UserError(f"--device {requested}: {error}") from None
+
+
+def evaluate(options: FidOptions, extractor: InceptionFeatures | None = None) -> dict[str, Any]:
+    """Every figure and the protocol, as written to the JSON file (which is written here too)."""
+    started = time.perf_counter()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("sendvae fid runs as one process (it uses one GPU); start it without torchrun")
+    if options.batch_size is not None and options.batch_size <= 0:
+        raise UserError(f"--batch-size {options.batch_size}: expected a positive number")
+    if options.num_samples is not None and options.num_samples <= 0:
+        raise UserError(f"--num-samples {options.num_samples}: expected a positive number")
+    workers = options.workers if options.workers is not None else min(8, os.cpu_count() or 1)
+    if workers < 0:
+        raise UserError(f"--workers {workers}: expected 0 or more")
+    samples = open_images(options.samples, "SAMPLES", max(1, workers))
+    count = samples.count
+    if options.num_samples is not None:
+        if options.num_samples > samples.count:
+            raise UserError(f"--num-samples {options.num_samples}: SAMPLES {options.samples} holds only {samples.count} images")
+        count = options.num_samples
+    ref = open_reference(options.ref, max(1, workers))
+    _check_counts(samples, count, ref)
+    json_path = Path(options.json_out).expanduser() if options.json_out else default_json_path(options.samples)
+
+    if extractor is None:
+        extractor = InceptionFeatures.load(options.inception_weights, _pick_device(options.device))
+    if not extractor.is_release:
+        warn(f"Inception weights {extractor.path or ''} (sha256 {extractor.sha256[:12]}...) are not torch-fidelity's "
+             f"release file: figures are not comparable with published numbers")
+    device = extractor.device
+    batch_size = options.batch_size or (250 if device.type == "cuda" else 32)
+
+    reference, provenance = resolve_reference(ref, extractor, options, batch_size, workers)
+    done = featurise(samples, extractor, batch_size=batch_size, workers=workers, limit=count, inception_score=True,
+                     description="Inception features: samples", show=not options.quiet)
+    sample_pool, sample_spatial = done.pool.gaussian(), done.spatial.gaussian()
+    fid = frechet_distance(sample_pool, reference.pool)
+    sfid = frechet_distance(sample_spatial, reference.spatial) if reference.spatial is not None else None
+    is_mean, is_std = done.inception_score.result()
+    precision = recall = None
+    if reference.features is not None:
+        precision, recall = precision_recall(reference.features, done.features, PR_NEIGHBOURS, device=device)
+    if options.save_stats is not None:
+        save_stats(options.save_stats, reference, {**reference.meta, "from": provenance})
+
+    result = {
+        "metrics": {"fid": fid, "sfid": sfid, "inception_score": is_mean, "inception_score_std": is_std,
+                    "precision": precision, "recall": recall},
+        "samples": {**samples.describe(), "used": count},
+        "reference": {**ref.describe(), "statistics_count": reference.pool.count,
+                      "precision_recall_features": None if reference.features is None else len(reference.features),
+                      "from": provenance,
+                      "saved_to": str(options.save_stats) if options.save_stats else None},
+        "protocol": {
+            "suite": "ADM (openai/guided-diffusion evaluations/evaluator.py)",
+            "version": PROTOCOL_VERSION,
+            "extractor": extractor.describe(),
+            "fid": "float64; tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)); unbiased covariance (n - 1)",
+            "inception_score": {"splits": IS_SPLITS, "order": "consecutive, as given"},
+            "precision_recall": {"k": PR_NEIGHBOURS, "distance": "squared Euclidean, float32"},
+            "batch_size": batch_size,
+            "standard_sample_count": ADM_SAMPLES,
+        },
+        "sendvae_version": _version(),
+        "seconds": round(time.perf_counter() - started, 3),
+        "samples_per_second": round(count / done.seconds, 2) if done.seconds > 0 else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "json": str(json_path),
+    }
+    if not np.isfinite(fid):  # cannot happen with the eigh square root; guard the file anyway
+        raise UserError(f"FID is not finite ({fid}); check the reference statistics")
+    _write_json(json_path, result)
+    return result
+
+
+def _version() -> str:
+    from sendvae_cli import __version__
+
+    return __version__
+
+
+def _write_json(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def render_table(result: dict[str, Any]):
+    """A rich table of the figures, with counts and provenance in its caption."""
+    from rich.table import Table
+
+    m = result["metrics"]
+    table = Table(title="sendvae fid (ADM suite)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("definition", style="dim")
+
+    def show(value, digits=4):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    table.add_row("FID", show(m["fid"]), "pool_3 (2048), Fréchet distance")
+    table.add_row("sFID", show(m["sfid"]), "mixed_6/conv first 7 channels (2023)")
+    table.add_row("Inception Score", f"{show(m['inception_score'], 2)} ± {show(m['inception_score_std'], 2)}",
+                  f"{IS_SPLITS} splits")
+    table.add_row("Precision", show(m["precision"]), f"k = {PR_NEIGHBOURS}")
+    table.add_row("Recall", show(m["recall"]), f"k = {PR_NEIGHBOURS}")
+    s, r = result["samples"], result["reference"]
+    weights = result["protocol"]["extractor"]
+    caption = (f"samples: {s['used']} of {s['images']} ({s['kind']}, {s['image_size'][0]}x{s['image_size'][1]}) | "
+               f"reference: {r['kind']}, statistics of {r['statistics_count'] or '?'} images, P/R features "
+               f"{r['precision_recall_features'] or '-'} | weights sha256 {weights['weights_sha256'][:12]}"
+               f"{'' if weights['release_weights'] else ' (NOT the release file)'} | {result['json']}")
+    if s["used"] != ADM_SAMPLES:
+        caption += f" | papers use {ADM_SAMPLES:,} samples"
+    table.caption = caption
+    return table
