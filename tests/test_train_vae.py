@@ -7,8 +7,6 @@ import subprocess
 import sys
 import time
 
-import h5py
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -87,6 +85,7 @@ def test_kill_9_and_rerun_gives_bit_identical_weights(reference, tmp_path):
 def test_rerun_of_a_finished_run_changes_nothing(reference):
     before = load_file(str(reference / "checkpoints" / "step-000012" / "weights.safetensors"))
     proc = run_cli("train-vae", *[a for a in TINY if a != "--quiet"], "--out", reference)
+    assert "already complete" in proc.stderr
     after = load_file(str(reference / "checkpoints" / "step-000012" / "weights.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
 

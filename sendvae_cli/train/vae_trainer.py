@@ -27,7 +27,7 @@ from torch import nn
 from sendvae_cli import __version__, distributed
 from sendvae_cli.data.open import open_images
 from sendvae_cli.errors import UserError
-from sendvae_cli.progress import info, progress_bar, warn
+from sendvae_cli.progress import info, progress_bar
 from sendvae_cli.train.checkpoint import Checkpoints, unwrap
 from sendvae_cli.train.ema import EMA
 from sendvae_cli.train.metrics import MetricsLog
@@ -214,6 +214,11 @@ def train_vae(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
     elif resumed:
         info(f"{out} has no checkpoint yet: starting from step 0", show)
 
+    export_dir = out / "export"
+    if step >= steps and (export_dir / "vae.json").exists():
+        info(f"{out} is already complete ({step} steps, exported to {export_dir}); nothing to do", show)
+        return {"out": str(out), "steps": step, "export": str(export_dir)}
+
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -316,7 +321,6 @@ def train_vae(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
     if last_saved != step:
         save(step)
 
-    export_dir = out / "export"
     if dist.is_main:
         final_vae = ema.shadow if ema is not None else unwrap(model).vae
         export_trained(final_vae, export_dir, source, cfg, loaded, step, device)
