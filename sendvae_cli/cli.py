@@ -146,6 +146,23 @@ def _default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1)))
 
 
+def _open_data(data, registry, *, resolution, num_images, seed, strict, root):
+    """DATA as an image source; skipped unreadable images are reported once (rank 0)."""
+    from sendvae_cli.data.open import open_images
+    from sendvae_cli.progress import warn
+
+    source = open_images(data, registry=registry, resolution=resolution, num_images=num_images, seed=seed,
+                         strict=strict, root=str(root) if root else None)
+    skipped = getattr(source, "skipped_summary", lambda: None)()
+    if skipped and _is_main():
+        warn(skipped)
+    return source
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @app.command()
 @user_errors
 def extract(
@@ -185,16 +202,11 @@ def extract(
         raise UserError(f"--teacher-weights {teacher_weights}: no such file or folder")
 
     from sendvae_cli.data.extract import ExtractOptions, extract as run_extract
-    from sendvae_cli.data.open import open_images
     from sendvae_cli.progress import warn
 
-    source = open_images(data, registry=registry, resolution=resolution, num_images=num_images, seed=seed,
-                         strict=strict, root=str(root) if root else None)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    skipped = getattr(source, "skipped_summary", lambda: None)()
-    if skipped and is_main:
-        warn(skipped)
-    if random_weights and is_main:
+    source = _open_data(data, registry, resolution=resolution, num_images=num_images, seed=seed, strict=strict,
+                        root=root)
+    if random_weights and _is_main():
         warn(f"teacher {spec.name!r} has random weights (--random-weights): its tokens carry no meaning")
     options = ExtractOptions(batch_size=batch_size, workers=workers, teacher_weights=teacher_weights,
                              random_weights=random_weights, seed=seed, device=device, precision=precision,
@@ -307,7 +319,7 @@ def train_vae(
     })
     registry = _registry()
     registry.teacher(cfg["teacher"])  # unknown names fail before anything heavy is imported
-    if random_weights and int(os.environ.get("RANK", "0")) == 0:
+    if random_weights and _is_main():
         from sendvae_cli.progress import warn
 
         warn("--random-weights: the teacher and the LPIPS network are untrained; the run is a smoke test only")
@@ -377,16 +389,11 @@ def cache_latents(
     registry = _registry()
 
     from sendvae_cli.data.latents import CacheLatentsOptions, cache_latents as run_cache
-    from sendvae_cli.data.open import open_images
     from sendvae_cli.progress import warn
 
-    source = open_images(data, registry=registry, resolution=resolution, num_images=num_images, seed=seed,
-                         strict=strict, root=str(root) if root else None)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    skipped = getattr(source, "skipped_summary", lambda: None)()
-    if skipped and is_main:
-        warn(skipped)
-    if random_weights and is_main:
+    source = _open_data(data, registry, resolution=resolution, num_images=num_images, seed=seed, strict=strict,
+                        root=root)
+    if random_weights and _is_main():
         warn(f"VAE {vae!r} has random weights (--random-weights): its latents carry no meaning")
     options = CacheLatentsOptions(vae=vae, vae_weights=vae_weights, random_weights=random_weights, seed=seed,
                                   flip=flip, batch_size=batch_size, workers=workers, device=device,

@@ -38,6 +38,17 @@ def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
     return pixels[top : top + size, left : left + size]
 
 
+def list_images(root: Path, option: str) -> list[Path]:
+    """Every image file below `root`, sorted; one-line errors for a missing or image-less folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{option} {root}: no such folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"{option} {root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
 def _check_image(path: Path) -> str | None:
     """None if PIL can open and verify the file, else the reason it cannot."""
     try:
@@ -52,11 +63,7 @@ class ImageFolder(ImageSource):
     def __init__(self, root: str | os.PathLike, resolution: int, *, strict: bool = False, workers: int = 8):
         self.root = Path(root).expanduser().resolve()
         self.resolution = int(resolution)
-        if not self.root.is_dir():
-            raise UserError(f"DATA {root}: no such folder")
-        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise UserError(f"DATA {root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        files = list_images(self.root, "DATA")
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             reasons = list(pool.map(_check_image, files))
         self.skipped = [(p.relative_to(self.root).as_posix(), r) for p, r in zip(files, reasons) if r is not None]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sendvae_cli.data.folder import IMAGE_SUFFIXES
+from sendvae_cli.data.folder import list_images
 from sendvae_cli.errors import UserError
 from sendvae_cli.eval.frechet import Gaussian
 from sendvae_cli.eval.inception import POOL_DIM, SPATIAL_DIM
@@ -115,11 +115,7 @@ class FolderImages(ImageInput):
     def __init__(self, root: Path | str, option: str, workers: int = 8):
         self.path = Path(root).expanduser()
         self.option = option
-        if not self.path.is_dir():
-            raise UserError(f"{option} {root}: no such folder")
-        files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise UserError(f"{option} {root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        files = list_images(self.path, option)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             headers = list(pool.map(_header, files))
         for file, (size, reason) in zip(files, headers):
