@@ -27,6 +27,17 @@ WEIGHT_FILE_NAMES = (
 NESTED_KEYS = ("state_dict", "model", "teacher", "module")
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 4 MiB pieces (weights files are gigabytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def find_weight_file(path: Path, option: str = "--teacher-weights") -> Path:
     path = Path(path).expanduser()
     if path.is_dir():

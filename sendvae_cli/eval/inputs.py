@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 
 from sendvae_cli.data.folder import list_images
+from sendvae_cli.weights import file_sha256
 from sendvae_cli.errors import UserError
 from sendvae_cli.eval.frechet import Gaussian
 from sendvae_cli.eval.inception import POOL_DIM, SPATIAL_DIM
@@ -149,17 +150,10 @@ class FolderImages(ImageInput):
             yield images
 
     def content_sha256(self, workers: int = 8) -> str:
-        def digest(file: Path) -> bytes:
-            h = hashlib.sha256()
-            with open(file, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            return h.digest()
-
         total = hashlib.sha256(b"folder\n")
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for file, d in zip(self.files, pool.map(digest, self.files)):
-                total.update(file.relative_to(self.path).as_posix().encode("utf-8") + b"\0" + d)
+            for file, d in zip(self.files, pool.map(file_sha256, self.files)):
+                total.update(file.relative_to(self.path).as_posix().encode("utf-8") + b"\0" + bytes.fromhex(d))
         return total.hexdigest()
 
 

@@ -20,7 +20,6 @@ old statistics.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.weights import file_sha256
 from sendvae_cli.vae.autoencoder import AutoencoderKL, VAEConfig, config_name
 from sendvae_cli.vae.weights import LoadedVAE, build_model, check_fits, diffusers_config, ldm_to_diffusers
 
@@ -42,14 +42,6 @@ INFO_NAME = "vae.json"
 
 def is_exported(folder: Path) -> bool:
     return (Path(folder) / INFO_NAME).is_file()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -139,7 +131,7 @@ def export_vae(model: AutoencoderKL | LoadedVAE, folder: Path, *, latent_mean=No
 
     def write_weights(path: Path) -> None:
         save_file(state, str(path), metadata={"format": "pt", "layout": "ldm"})
-        info["weights_sha256"] = _sha256(path)
+        info["weights_sha256"] = file_sha256(path)
 
     def write_info(path: Path) -> None:
         path.write_text(json.dumps(info, indent=2) + "\n")
@@ -176,7 +168,7 @@ def load_exported(folder: Path, *, option: str = "--vae", verify: bool = True) -
     if not weights.is_file():
         raise UserError(f"{option} {folder}: {weights.name} is missing (vae.json names it)")
     expected = info.get("weights_sha256")
-    if verify and expected and _sha256(weights) != expected:
+    if verify and expected and file_sha256(weights) != expected:
         raise UserError(f"{option} {weights}: does not match the SHA-256 recorded in vae.json "
                         f"(an interrupted export or a replaced file); export again")
     try:
