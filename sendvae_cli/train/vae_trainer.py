@@ -169,9 +169,13 @@ def train_vae(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
     steps = total_steps(cfg, len(source))
     cfg = dict(cfg, total_steps=steps, accumulation=accumulation, world_size=dist.world,
                data_rows=len(source), row_order_sha256=source.row_order_sha256(), producer=f"sendvae {__version__}")
-    resumed = prepare_run_dir(out, cfg, ignore=RUN_ONLY + ("accumulation", "world_size", "producer"),
-                              is_main=dist.is_main)
+    # Rank 0 creates or checks the folder first; the others check it only once config.json is
+    # there (checking while rank 0 writes it would see a half-made folder).
+    ignore = RUN_ONLY + ("accumulation", "world_size", "producer")
+    resumed = prepare_run_dir(out, cfg, ignore=ignore, is_main=True) if dist.is_main else False
     dist.barrier()
+    if not dist.is_main:
+        prepare_run_dir(out, cfg, ignore=ignore, is_main=False)
 
     # Models. Seeded so that a resumed run builds the same random parts before loading.
     torch.manual_seed(cfg["seed"])
