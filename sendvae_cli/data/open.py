@@ -1,4 +1,4 @@
-"""Turn a DATA argument (a folder, or a registered dataset name) into an image source."""
+"""Turn a DATA argument (a folder, a CSV file of images, or a registered dataset name) into an image source."""
 
 from __future__ import annotations
 
@@ -15,14 +15,18 @@ def open_images(data: str, *, registry, resolution: int, num_images: int | None 
     if num_images is not None and num_images <= 0:
         raise UserError(f"--num-images {num_images}: expected a positive number")
     path = Path(data).expanduser()
-    if path.exists() or "/" in data or data.startswith("."):
+    if path.is_file() and path.suffix.lower() == ".csv":
+        # A CSV of images and attributes is the `csv` dataset with the file as its root.
+        source: ImageSource = registry.dataset("csv").build(
+            resolution=resolution, num_images=num_images, seed=seed, root=str(path), strict=strict, option="DATA")
+    elif path.exists() or "/" in data or data.startswith("."):
         from sendvae_cli.data.folder import ImageFolder
 
         if not path.exists():
             raise UserError(f"DATA {data}: no such folder (and not a registered dataset name)")
         if not path.is_dir():
             raise UserError(f"DATA {data}: not a folder of images")
-        source: ImageSource = ImageFolder(path, resolution, strict=strict)
+        source = ImageFolder(path, resolution, strict=strict)
     else:
         try:
             spec = registry.dataset(data)

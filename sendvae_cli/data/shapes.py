@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sendvae_cli.data.source import ImageSource
+from sendvae_cli.data.source import TEST, TRAIN, VAL, ImageSource
 
 VERSION = 1  # bump whenever a row's pixels or factors change: caches record it
 
@@ -270,6 +270,15 @@ class ShapesSource(ImageSource):
         for i in range(self.num_images):
             out[i, _OFFSETS + np.array(draw_row(self.seed, i).factors)] = 1
         return out
+
+    def split_codes(self) -> np.ndarray:
+        """Rows are independent draws, so contiguous ranges make the splits: the first 80% train,
+        the next 10% validation, the last 10% test (a bigger dataset keeps its own proportions)."""
+        n = self.num_images
+        codes = np.full(n, TEST, dtype=np.int8)
+        codes[: (n * 8) // 10] = TRAIN
+        codes[(n * 8) // 10 : (n * 9) // 10] = VAL
+        return codes
 
     def coverage(self, index: int) -> np.ndarray:
         """Float32 (R, R) in [0, 1]: how much of each pixel the shape covers (a soft mask)."""

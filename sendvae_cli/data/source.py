@@ -15,6 +15,9 @@ import numpy as np
 import torch
 
 NO_LABEL = -1
+# Split codes of attribute datasets (`split_codes()`): the official train / validation / test rows.
+SPLITS = ("train", "val", "test")
+TRAIN, VAL, TEST = 0, 1, 2
 
 
 class ImageSource(torch.utils.data.Dataset):
@@ -39,6 +42,14 @@ class ImageSource(torch.utils.data.Dataset):
     def attributes(self, index: int) -> np.ndarray:
         """Binary attribute vector of row `index` (len(attribute_names),), for probes."""
         raise NotImplementedError(f"{type(self).__name__} has no attributes")  # pragma: no cover
+
+    def attribute_matrix(self) -> np.ndarray:
+        """(len(self), len(attribute_names)) uint8 0/1: every row's attributes, for probes."""
+        return np.stack([self.attributes(i) for i in range(len(self))]).astype(np.uint8)
+
+    def split_codes(self) -> np.ndarray:
+        """(len(self),) int8: TRAIN, VAL or TEST per row (attribute datasets say which, for probes)."""
+        raise NotImplementedError(f"{type(self).__name__} has no train/val/test split")  # pragma: no cover
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description of where the rows come from (stored in caches)."""
