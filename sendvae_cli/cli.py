@@ -430,6 +430,81 @@ def fid(
     Console().print(render_table(evaluate(options)))
 
 
+# --------------------------------------------------------------------------------------------
+# probe
+# --------------------------------------------------------------------------------------------
+PROBE_PANEL = "Probe"
+
+
+@app.command()
+@user_errors
+def probe(
+    data: Annotated[str, typer.Argument(metavar="DATA", help="An attribute dataset (celeba, deepfashion, awa, shapes) or a CSV of image paths and attribute columns.", show_default=False)],
+    vae: Annotated[Optional[list[str]], typer.Option("--vae", help="[LABEL=]VAE to probe: exported folder (train-vae), base name, diffusers folder or .pt; repeat to compare.", rich_help_panel="Features", show_default=False)] = None,
+    features: Annotated[Optional[list[str]], typer.Option("--features", help="[LABEL=]teacher:NAME (pooled patch tokens, for reference) or vae:REF; repeatable.", rich_help_panel="Features", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder: probe.json, probe.png, results/, features/ (default runs/probe-DATA).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Where the dataset lives (its official layout, see docs/data.md).", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Image side after ADM centre crop (default: the training resolution exported VAEs record, else 256).", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    num_images: Annotated[Optional[int], typer.Option(help="Use about N images, keeping the split proportions (shapes: its size, default 10000).", rich_help_panel=DATA_PANEL, show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for generated data, random weights, the probe's initialisation and batch order.", rich_help_panel=DATA_PANEL)] = 0,
+    strict: Annotated[bool, typer.Option(help="Fail on an unreadable image instead of skipping it.", rich_help_panel=DATA_PANEL)] = False,
+    random_weights: Annotated[bool, typer.Option(help="Build teachers and VAE bases given by name untrained (smoke runs, baselines).", rich_help_panel="Features")] = False,
+    epochs: Annotated[int, typer.Option(help="Most epochs of probe training.", rich_help_panel=PROBE_PANEL)] = 50,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation loss.", rich_help_panel=PROBE_PANEL)] = 5,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.", rich_help_panel=PROBE_PANEL)] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.", rich_help_panel=PROBE_PANEL)] = 1e-4,
+    probe_batch_size: Annotated[int, typer.Option(help="Feature rows per probe training step.", rich_help_panel=PROBE_PANEL)] = 256,
+    memory_gb: Annotated[float, typer.Option(help="Feature tables up to this size (float16) are held in memory; larger ones stream from the cache.", rich_help_panel=PROBE_PANEL)] = 4.0,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature caches (default OUT/features); share one between probe runs to reuse features.", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass while encoding (default: 64 on GPU, 16 on CPU).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes decoding images (default: CPU cores, at most 8).", rich_help_panel=RUN_PANEL, show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (encoding and probe training).", rich_help_panel=RUN_PANEL)] = "auto",
+    block_rows: Annotated[int, typer.Option(help="Rows per resumable block of a feature cache.", rich_help_panel=RUN_PANEL)] = 1024,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUN_PANEL)] = False,
+) -> None:
+    """Attribute linear probes on VAE latents: rank VAEs before training a generator (docs/probe.md)."""
+    from sendvae_cli.eval.probe_features import parse_request
+
+    requests = [parse_request(v, "--vae") for v in vae or []] + [parse_request(f, "--features") for f in features or []]
+    if not requests:
+        raise UserError("--vae: missing; pass the VAE(s) to probe (repeat --vae to compare), or --features teacher:NAME")
+    for name, value in (("--epochs", epochs), ("--patience", patience), ("--probe-batch-size", probe_batch_size),
+                        ("--block-rows", block_rows), ("--batch-size", batch_size)):
+        if value is not None and value <= 0:
+            raise UserError(f"{name} {value}: expected a positive number")
+    for name, value in (("--lr", lr), ("--memory-gb", memory_gb)):
+        if not value > 0:
+            raise UserError(f"{name} {value}: expected a positive number")
+    if weight_decay < 0:
+        raise UserError(f"--weight-decay {weight_decay}: expected 0 or more")
+    if workers is None:
+        workers = _default_workers()
+    if workers < 0:
+        raise UserError(f"--workers {workers}: expected 0 or more")
+    if root is not None and not root.expanduser().exists():
+        raise UserError(f"--root {root}: no such file or folder")
+    registry = _registry()
+
+    from rich.console import Console
+
+    from sendvae_cli.eval.linear_probe import ProbeSettings
+    from sendvae_cli.eval.probe import ProbeOptions, data_name, render_table, run_probe
+
+    name = data_name(data)
+    settings = ProbeSettings(epochs=epochs, patience=patience, lr=lr, weight_decay=weight_decay,
+                             batch_size=probe_batch_size, seed=seed, memory_gb=memory_gb)
+    options = ProbeOptions(data=data, requests=requests, out=out or Path("runs") / f"probe-{name}", root=root,
+                           resolution=resolution, num_images=num_images, seed=seed, random_weights=random_weights,
+                           strict=strict, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
+                           block_rows=block_rows, settings=settings, quiet=quiet)
+    summary = run_probe(options, registry)
+    if summary is not None:
+        Console().print(render_table(summary))
+        if not quiet:
+            Console(stderr=True).print(f"wrote {options.out / 'probe.json'} and {options.out / 'probe.png'}",
+                                       highlight=False)
+
+
 def main() -> None:
     app(prog_name="sendvae")
 

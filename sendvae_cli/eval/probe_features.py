@@ -1,0 +1,318 @@
+"""What a probe is trained on: one feature vector per image, cached once per (features, images).
+
+A feature source is written on the command line as
+
+    [LABEL=]REF               after --vae: any VAE `open_vae` reads (export folder, base name, .pt, diffusers)
+    [LABEL=]vae:REF           the same, after --features
+    [LABEL=]teacher:NAME      a registered teacher, after --features
+
+and gives, per image at the probe's resolution (ADM centre crop):
+
+    vae      the posterior mean, flattened C*H*W (8,192 for f16d32 at 256 px): the paper's probe input
+    teacher  the patch tokens averaged over positions (the teacher's width): a reference point
+
+Features go into an HDF5 cache in the cache folder, written through `encode_rows` + `RowCache`
+(resumable, crash-safe, identical bytes for any number of processes). The file name holds a
+digest of everything that determines its contents: the weights (SHA-256 of the state dict, so
+the same VAE under two labels or paths shares one cache), the resolution, the data source and
+its row order. Probing the same VAE again with other probe settings therefore reads the cache
+and trains in seconds.
+
+Layout: `features` (N, D) float16, chunks of one row; `attributes` (N, A) uint8; `split` (N,)
+int8 (0 train, 1 val, 2 test); `rows` (N,) row identifiers; attributes `attribute_names`,
+`feature_kind`, `feature_ref`, `feature_dim`, `resolution`, `source`, `row_order_sha256`,
+`weights_sha256`, plus the `complete` flag and configuration every `RowCache` file carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+import torch
+
+from sendvae_cli.data import encode_rows
+from sendvae_cli.data.h5rows import ArraySpec, RowCache, fingerprint
+from sendvae_cli.data.source import ImageSource
+from sendvae_cli.distributed import Dist
+from sendvae_cli.errors import UserError
+
+FORMAT = "sendvae-probe-features"
+PRODUCER = "sendvae probe"
+KINDS = ("vae", "teacher")
+DEFAULT_RESOLUTION = 256
+
+
+#################################################################################
+#                        Parsing what the user asked for                        #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    kind: str  # "vae" or "teacher"
+    ref: str  # what follows the kind: a VAE reference or a teacher name
+    label: str  # the name in tables, charts and JSON
+    option: str  # the option it came from, for error messages
+
+
+def _default_label(kind: str, ref: str) -> str:
+    if kind == "teacher":
+        return f"teacher:{ref}"
+    path = Path(ref)
+    if "/" in ref or path.exists():
+        path = path.expanduser()
+        # train-vae writes RUN/export: the run folder's name says more than "export".
+        name = path.parent.name if path.name == "export" and path.parent.name else path.stem
+        return name or ref
+    return ref
+
+
+def parse_request(text: str, option: str) -> FeatureRequest:
+    """`[LABEL=]REF` after --vae, `[LABEL=]vae:REF` or `[LABEL=]teacher:NAME` after --features."""
+    label = None
+    head, sep, rest = text.partition("=")
+    # A label has no path separator or kind prefix, so "runs/lr=1e-4/export" stays a path.
+    if sep and head and "/" not in head and ":" not in head and rest:
+        label, text = head, rest
+    if option == "--vae":
+        kind, ref = "vae", text
+    else:
+        kind, sep, ref = text.partition(":")
+        if not sep or kind not in KINDS or not ref:
+            raise UserError(f"--features {text}: expected teacher:NAME or vae:REF (optionally LABEL=...)")
+    return FeatureRequest(kind, ref, label or _default_label(kind, ref), option)
+
+
+def check_labels(requests: list[FeatureRequest]) -> None:
+    seen: dict[str, FeatureRequest] = {}
+    for r in requests:
+        if r.label in seen:
+            raise UserError(f"{r.option} {r.ref}: label {r.label!r} is used twice; name them apart with LABEL=REF")
+        seen[r.label] = r
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "features"
+
+
+#################################################################################
+#                      Turning images into feature vectors                      #
+#################################################################################
+
+
+@dataclass
+class Featurizer:
+    """A frozen model and how it makes one vector per image."""
+
+    request: FeatureRequest
+    module: torch.nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]  # [-1, 1] images (B, 3, R, R) -> (B, D)
+    dim: Callable[[int], int]  # resolution -> D
+    resolution: int  # the resolution the probe uses for this source
+    identity: dict[str, Any]  # what decides the features besides the images
+    precision: str  # "fp32" or "bf16" (autocast)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.request.kind, "ref": self.request.ref, "label": self.request.label,
+                "dim": self.dim(self.resolution), "resolution": self.resolution, **self.identity}
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    from sendvae_cli.data.latents import weights_sha256 as digest
+
+    return digest(module)
+
+
+def trained_resolution(request: FeatureRequest) -> int | None:
+    """The resolution an exported VAE was trained at (its vae.json says), without building it."""
+    if request.kind != "vae":
+        return None
+    info = Path(request.ref).expanduser() / "vae.json"
+    try:
+        value = (json.loads(info.read_text()).get("provenance") or {}).get("resolution")
+    except (OSError, ValueError):
+        return None
+    return int(value) if value else None
+
+
+def probe_resolution(requests: list[FeatureRequest], given: int | None) -> int:
+    """--resolution, else the one resolution the exported VAEs were trained at, else 256.
+
+    Every source of one call is probed at one resolution: F1 figures of latents of different
+    sizes would not compare.
+    """
+    if given is not None:
+        return given
+    known = {r.ref: trained_resolution(r) for r in requests}
+    sizes = sorted({v for v in known.values() if v})
+    if len(sizes) > 1:
+        text = ", ".join(f"{ref} at {v} px" for ref, v in known.items() if v)
+        raise UserError(f"--resolution: the VAEs were trained at different resolutions ({text}); pass --resolution "
+                        f"to probe them all at one size")
+    return sizes[0] if sizes else DEFAULT_RESOLUTION
+
+
+def _vae_featurizer(request: FeatureRequest, registry, *, resolution: int, seed: int,
+                    random_weights: bool) -> Featurizer:
+    from sendvae_cli.vae.autoencoder import config_name
+    from sendvae_cli.vae.open import _looks_like_path, open_vae
+
+    named = not _looks_like_path(request.ref) and not Path(request.ref).exists()
+    with torch.random.fork_rng(devices=[]):  # random weights are seeded: a rerun finds its cache
+        torch.manual_seed(seed)
+        loaded = open_vae(request.ref, registry, random_weights=random_weights and named)
+    model = loaded.model.eval().requires_grad_(False)
+    config = loaded.config
+    if resolution % config.downsample:
+        raise UserError(f"--resolution {resolution}: does not fit {request.option} {request.ref} "
+                        f"(downsampling {config.downsample}: expected a multiple of {config.downsample})")
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return model.encode(x).mean.flatten(1)
+
+    def dim(res: int) -> int:
+        c, h, w = config.latent_shape(res)
+        return c * h * w
+
+    identity = {"vae_config": config_name(config) or config.describe(), "weights_sha256": weights_sha256(model),
+                "provenance": json.loads(json.dumps(loaded.provenance, default=str))}
+    return Featurizer(request, model, forward, dim, resolution, identity, "fp32")
+
+
+def _teacher_featurizer(request: FeatureRequest, registry, *, resolution: int, seed: int,
+                        random_weights: bool) -> Featurizer:
+    spec = registry.teacher(request.ref)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        teacher = spec.build(random_weights=random_weights)
+    teacher.eval().requires_grad_(False)
+    teacher.token_grid(resolution)  # raises for a size the teacher cannot take
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return teacher(x).float().mean(dim=1)
+
+    identity = {"teacher": spec.name, "weights_sha256": weights_sha256(teacher), "pooling": "mean over patch tokens",
+                "random_weights": random_weights}
+    return Featurizer(request, teacher, forward, lambda _res: teacher.width, resolution, identity, "auto")
+
+
+def open_featurizer(request: FeatureRequest, registry, *, resolution: int, seed: int = 0,
+                    random_weights: bool = False) -> Featurizer:
+    build = _vae_featurizer if request.kind == "vae" else _teacher_featurizer
+    try:
+        return build(request, registry, resolution=resolution, seed=seed, random_weights=random_weights)
+    except ValueError as error:  # a teacher refusing the image size
+        raise UserError(f"{request.option} {request.kind}:{request.ref}: {error}") from None
+
+
+#################################################################################
+#                                 The cache                                     #
+#################################################################################
+
+
+def check_attribute_source(source: ImageSource, data: str) -> None:
+    """A probe needs attributes and a train/val/test split."""
+    if not source.attribute_names or type(source).split_codes is ImageSource.split_codes:
+        raise UserError(f"DATA {data}: has no attributes with train/val/test splits; probe an attribute dataset "
+                        f"(celeba, deepfashion, awa, shapes) or a CSV of image paths and attribute columns")
+
+
+def cache_config(featurizer: Featurizer, source: ImageSource) -> dict[str, Any]:
+    return {
+        "producer": PRODUCER,
+        "features": {k: v for k, v in featurizer.describe().items() if k not in ("label", "ref", "provenance")},
+        "source": source.describe(),
+        "row_order_sha256": source.row_order_sha256(),
+        "attributes": hashlib.sha256("\n".join(source.attribute_names).encode()).hexdigest(),
+        "dtype": "float16",
+    }
+
+
+def cache_path(cache_dir: Path, featurizer: Featurizer, source: ImageSource, data_name: str) -> Path:
+    digest = fingerprint(cache_config(featurizer, source))[:12]
+    return Path(cache_dir) / f"{slug(data_name)}-{featurizer.resolution}px-{featurizer.request.kind}-{digest}.h5"
+
+
+def encode_features(source: ImageSource, featurizer: Featurizer, out: Path, dist: Dist, *, batch_size: int,
+                    workers: int, block_rows: int, show: bool) -> int:
+    """Write (or finish) the feature cache `out`; returns how many rows were computed now."""
+    from sendvae_cli import __version__
+
+    config = cache_config(featurizer, source)
+    dim = featurizer.dim(featurizer.resolution)
+    cache = RowCache(out, len(source), {"features": ArraySpec((dim,), "float16")}, config, block_rows=block_rows)
+    if encode_rows.already_complete(cache, dist, show=False):
+        return 0
+    encode_rows.prepare(cache, dist)
+    module = featurizer.module.to(dist.device)
+    precision = featurizer.precision
+
+    def step(x: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
+        with encode_rows.autocast_for(dist.device, precision):
+            features = featurizer.forward(x).float()
+        if not torch.isfinite(features).all() or features.abs().max() > 65504:
+            raise UserError(f"{featurizer.request.option} {featurizer.request.ref}: gave non-finite features (or "
+                            f"values beyond float16's range) in a batch of {len(x)} images")
+        return {"features": features.to(torch.float16).cpu().numpy()}
+
+    computed = encode_rows.fill(cache, source, dist, step, batch_size=batch_size, workers=workers,
+                                label=f"features {featurizer.request.label}", show=show)
+    module.cpu()
+    extra = None
+    if dist.is_main:
+        extra = {"attributes": source.attribute_matrix().astype(np.uint8),
+                 "split": source.split_codes().astype(np.int8),
+                 "rows": np.array(source.row_ids(), dtype=object)}
+    attrs = {
+        "format": FORMAT,
+        "producer": PRODUCER,
+        "producer_version": __version__,
+        "feature_kind": featurizer.request.kind,
+        "feature_ref": featurizer.request.ref,
+        "feature_dim": dim,
+        "features": json.dumps(featurizer.describe(), sort_keys=True, default=str),
+        "weights_sha256": featurizer.identity["weights_sha256"],
+        "resolution": featurizer.resolution,
+        "attribute_names": json.dumps(list(source.attribute_names)),
+        "source": json.dumps(source.describe(), sort_keys=True),
+        "row_order_sha256": config["row_order_sha256"],
+    }
+    encode_rows.finish(cache, dist, attrs, extra=extra, show=False)
+    return computed
+
+
+@dataclass
+class FeatureCache:
+    """A finished feature cache, open for reading (`features` stays on disk)."""
+
+    path: Path
+    file: h5py.File
+    features: h5py.Dataset
+    attributes: np.ndarray
+    split: np.ndarray
+    attribute_names: list[str]
+    attrs: dict[str, Any]
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_feature_cache(path: Path) -> FeatureCache:
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise UserError(f"{path}: not a readable HDF5 file ({error}); delete it to encode again") from None
+    attrs = dict(f.attrs)
+    if attrs.get("format") != FORMAT or not attrs.get("complete", False):
+        f.close()
+        raise UserError(f"{path}: not a finished probe feature cache; delete it to encode again")
+    return FeatureCache(path, f, f["features"], f["attributes"][:], f["split"][:],
+                        json.loads(attrs["attribute_names"]), attrs)
