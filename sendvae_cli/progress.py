@@ -44,6 +44,12 @@ class Bar:
         if self._progress is not None:
             self._progress.advance(self._task, n)
 
+    def stop_early(self) -> None:
+        """Mark the bar finished where it stands (a loop that ended before its maximum)."""
+        if self._progress is not None:
+            done = next(t.completed for t in self._progress.tasks if t.id == self._task)
+            self._progress.update(self._task, total=done)
+
     def describe(self, text: str) -> None:
         if self._progress is not None:
             self._progress.update(self._task, description=text)

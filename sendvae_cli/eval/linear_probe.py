@@ -86,8 +86,8 @@ GPU_TABLE_SHARE = 0.5  # the in-memory table goes to the GPU if it takes at most
 
 @dataclass
 class ProbeSettings:
-    epochs: int = 50
-    patience: int = 5
+    epochs: int = 200
+    patience: int = 10
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 256

@@ -127,11 +127,14 @@ def probe_cache(entry: dict[str, Any], settings, results_dir: Path, show: bool) 
     try:
         with progress_bar(f"probe {request.label}", total=settings.epochs, unit="epoch", show=show) as bar:
             def progress(event: str, **fields) -> None:
-                if event == "epoch":
+                if event == "epoch_end":
                     bar.advance(1)
+                    bar.describe(f"probe {request.label} (val loss {fields['val_loss']:.4f}, "
+                                 f"best epoch {fields['best_epoch']})")
 
             try:
                 result = fit_probe(cache.features, cache.attributes, cache.split, settings, progress=progress)
+                bar.stop_early()
             except ValueError as error:
                 raise UserError(f"{request.option} {request.ref}: cannot probe {entry['path']}: {error}") from None
         names = cache.attribute_names
@@ -144,6 +147,7 @@ def probe_cache(entry: dict[str, Any], settings, results_dir: Path, show: bool) 
         "ref": request.ref,
         "features": entry["described"],
         "cache": str(entry["path"]),
+        "settings": settings.to_dict(),
         **result.to_dict(),
         "per_attribute_f1": dict(zip(names, result.metrics["per_attribute_f1"])),
     }
