@@ -37,3 +37,18 @@ def test_train_vae_bf16_on_cuda_stays_finite(tmp_path):
             "--out", out)
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(v is not None for r in rows for v in r.values())
+
+
+def test_probe_on_cuda_agrees_with_cpu(tmp_path):
+    """The linear probe trained on the GPU (table on the device) lands where the CPU one does."""
+    from sendvae_cli.eval.linear_probe import ProbeSettings, fit_probe
+
+    rng = np.random.default_rng(0)
+    attributes = (rng.random((4000, 10)) < 0.3).astype(np.uint8)
+    features = (attributes @ rng.normal(size=(10, 512)) + 0.5 * rng.normal(size=(4000, 512))).astype(np.float16)
+    splits = np.repeat(np.array([0, 1, 2], dtype=np.int8), [3000, 500, 500])
+    cpu = fit_probe(features, attributes, splits, ProbeSettings(device="cpu", epochs=30))
+    gpu = fit_probe(features, attributes, splits, ProbeSettings(device="cuda", epochs=30))
+    assert gpu.table_on_device
+    assert abs(gpu.metrics["macro_f1"] - cpu.metrics["macro_f1"]) < 0.02
+    assert gpu.metrics["macro_f1"] > 0.9

@@ -207,3 +207,24 @@ def test_help_lists_the_probe_options():
     for option in ("--vae", "--features", "--root", "--memory-gb", "--patience", "--cache-dir"):
         assert option in proc.stdout
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+# -- several processes: torchrun encodes on every rank, rank 0 probes ----------------------------
+def test_torchrun_two_processes_give_the_same_features_and_figures(tmp_path):
+    import subprocess
+    import sys
+
+    args = ["probe", *QUICK, "--vae", "tiny", "--batch-size", "25", "--block-rows", "50"]
+    run_cli(*args, "--out", tmp_path / "one")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "sendvae_cli", *args, "--out", str(tmp_path / "two")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (one,), (two,) = ((tmp_path / d / "features").glob("*.h5") for d in ("one", "two"))
+    assert one.name == two.name
+    with h5py.File(one, "r") as f, h5py.File(two, "r") as g:
+        for name in ("features", "attributes", "split"):
+            assert np.array_equal(f[name][:], g[name][:])
+    a, b = (json.loads((tmp_path / d / "probe.json").read_text()) for d in ("one", "two"))
+    assert a["results"][0]["metrics"] == b["results"][0]["metrics"]
