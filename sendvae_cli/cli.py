@@ -449,6 +449,7 @@ def probe(
     seed: Annotated[int, typer.Option(help="Seed for generated data, random weights, the probe's initialisation and batch order.", rich_help_panel=DATA_PANEL)] = 0,
     strict: Annotated[bool, typer.Option(help="Fail on an unreadable image instead of skipping it.", rich_help_panel=DATA_PANEL)] = False,
     random_weights: Annotated[bool, typer.Option(help="Build teachers and VAE bases given by name untrained (smoke runs, baselines).", rich_help_panel="Features")] = False,
+    teacher_weights: Annotated[Optional[Path], typer.Option(help="Local weights file or folder for the teacher of --features teacher:NAME.", rich_help_panel="Features", show_default=False)] = None,
     epochs: Annotated[int, typer.Option(help="Most epochs of probe training (early stopping usually ends it sooner).", rich_help_panel=PROBE_PANEL)] = 200,
     patience: Annotated[int, typer.Option(help="Stop after this many epochs without a lower validation loss.", rich_help_panel=PROBE_PANEL)] = 10,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.", rich_help_panel=PROBE_PANEL)] = 1e-3,
@@ -483,6 +484,10 @@ def probe(
         raise UserError(f"--workers {workers}: expected 0 or more")
     if root is not None and not root.expanduser().exists():
         raise UserError(f"--root {root}: no such file or folder")
+    if teacher_weights is not None and not teacher_weights.expanduser().exists():
+        raise UserError(f"--teacher-weights {teacher_weights}: no such file or folder")
+    if teacher_weights is not None and random_weights:
+        raise UserError("--teacher-weights and --random-weights exclude each other")
     registry = _registry()
 
     from rich.console import Console
@@ -495,7 +500,7 @@ def probe(
                              batch_size=probe_batch_size, seed=seed, memory_gb=memory_gb)
     options = ProbeOptions(data=data, requests=requests, out=out or Path("runs") / f"probe-{name}", root=root,
                            resolution=resolution, num_images=num_images, seed=seed, random_weights=random_weights,
-                           strict=strict, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
+                           teacher_weights=teacher_weights, strict=strict, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
                            block_rows=block_rows, settings=settings, quiet=quiet)
     summary = run_probe(options, registry)
     if summary is not None:

@@ -228,3 +228,44 @@ def test_torchrun_two_processes_give_the_same_features_and_figures(tmp_path):
             assert np.array_equal(f[name][:], g[name][:])
     a, b = (json.loads((tmp_path / d / "probe.json").read_text()) for d in ("one", "two"))
     assert a["results"][0]["metrics"] == b["results"][0]["metrics"]
+
+
+# -- DeepFashion: the top-5 recall column ---------------------------------------------------------
+def test_deepfashion_shows_top5_recall(tmp_path):
+    from test_attribute_data import make_deepfashion
+
+    root = make_deepfashion(tmp_path / "deepfashion")
+    out = tmp_path / "p"
+    proc = invoke("probe", "deepfashion", "--root", root, "--vae", "tiny", "--resolution", "32", "--workers", "0",
+                  "--epochs", "3", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "top-5 recall" in proc.stdout
+    result = json.loads((out / "probe.json").read_text())["results"][0]
+    assert 0.0 <= result["metrics"]["top5_recall"] <= 1.0
+    assert result["rows"] == {"train": 8, "val": 2, "test": 2}
+
+
+# -- a teacher from a local weights file ----------------------------------------------------------
+def test_teacher_weights_from_a_local_file_are_the_features_identity(tmp_path):
+    from safetensors.torch import save_file
+
+    from sendvae_cli.registry import get_registry
+
+    spec = get_registry().teacher("dinov2-s")
+    torch.manual_seed(0)  # what `--random-weights --seed 0` builds
+    teacher = spec.build(random_weights=True)
+    path = tmp_path / "dinov2-s.safetensors"
+    save_file({k: v.contiguous() for k, v in teacher.model.state_dict().items()}, str(path))
+
+    cache = tmp_path / "cache"
+    common = [*QUICK, "--features", "teacher:dinov2-s", "--cache-dir", cache]
+    assert invoke("probe", *common, "--random-weights", "--out", tmp_path / "a").returncode == 0
+    assert invoke("probe", *common, "--teacher-weights", path, "--out", tmp_path / "b").returncode == 0
+    # The same weights, from a file this time: the cache is found by their digest, not rebuilt.
+    assert len(list(cache.glob("*.h5"))) == 1
+    a, b = (json.loads((tmp_path / d / "probe.json").read_text())["results"][0] for d in ("a", "b"))
+    assert a["features"]["weights_sha256"] == b["features"]["weights_sha256"]
+    assert a["metrics"] == b["metrics"]
+
+    one_line_error(invoke("probe", *common, "--teacher-weights", tmp_path / "missing.safetensors"), "missing")
+    one_line_error(invoke("probe", *QUICK, "--vae", "tiny", "--teacher-weights", path), "exactly one")

@@ -91,6 +91,12 @@ class Subset(ImageSource):
     def attributes(self, index: int) -> np.ndarray:
         return self.source.attributes(index)
 
+    def attribute_matrix(self) -> np.ndarray:
+        return self.source.attribute_matrix()[: self.count]
+
+    def split_codes(self) -> np.ndarray:
+        return self.source.split_codes()[: self.count]
+
     def describe(self) -> dict[str, Any]:
         return dict(self.source.describe(), rows=self.count)
 

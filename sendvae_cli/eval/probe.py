@@ -49,6 +49,7 @@ class ProbeOptions:
     num_images: int | None = None
     seed: int = 0
     random_weights: bool = False
+    teacher_weights: Path | None = None  # local weights of the one teacher asked for
     strict: bool = False
     cache_dir: Path | None = None  # None: OUT/features
     batch_size: int | None = None  # None: 64 on GPU, 16 on CPU
@@ -90,7 +91,7 @@ def encode_all(options: ProbeOptions, registry, dist, show: bool) -> list[dict[s
     entries = []
     for request in options.requests:
         featurizer = open_featurizer(request, registry, resolution=resolution, seed=options.seed,
-                                     random_weights=options.random_weights)
+                                     random_weights=options.random_weights, teacher_weights=options.teacher_weights)
         path = cache_path(cache_dir, featurizer, source, data_name(options.data))
         started = time.perf_counter()
         if dist.is_main:
@@ -166,6 +167,10 @@ def run_probe(options: ProbeOptions, registry) -> dict[str, Any] | None:
     if not options.requests:
         raise UserError("--vae / --features: nothing to probe; pass --vae REF (repeat it to compare VAEs)")
     check_labels(options.requests)
+    teachers = [r for r in options.requests if r.kind == "teacher"]
+    if options.teacher_weights is not None and len(teachers) != 1:
+        raise UserError(f"--teacher-weights {options.teacher_weights}: goes with exactly one --features teacher:NAME "
+                        f"(got {len(teachers)})")
     out = Path(options.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")

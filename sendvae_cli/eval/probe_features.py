@@ -160,7 +160,7 @@ def probe_resolution(requests: list[FeatureRequest], given: int | None) -> int:
 
 
 def _vae_featurizer(request: FeatureRequest, registry, *, resolution: int, seed: int,
-                    random_weights: bool) -> Featurizer:
+                    random_weights: bool, teacher_weights: Path | None = None) -> Featurizer:
     from sendvae_cli.vae.autoencoder import config_name
     from sendvae_cli.vae.open import _looks_like_path, open_vae
 
@@ -187,27 +187,30 @@ def _vae_featurizer(request: FeatureRequest, registry, *, resolution: int, seed:
 
 
 def _teacher_featurizer(request: FeatureRequest, registry, *, resolution: int, seed: int,
-                        random_weights: bool) -> Featurizer:
+                        random_weights: bool, teacher_weights: Path | None = None) -> Featurizer:
     spec = registry.teacher(request.ref)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        teacher = spec.build(random_weights=random_weights)
+        teacher = spec.build(weights=teacher_weights, random_weights=random_weights and teacher_weights is None)
     teacher.eval().requires_grad_(False)
     teacher.token_grid(resolution)  # raises for a size the teacher cannot take
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         return teacher(x).float().mean(dim=1)
 
-    identity = {"teacher": spec.name, "weights_sha256": weights_sha256(teacher), "pooling": "mean over patch tokens",
-                "random_weights": random_weights}
+    # The weights' digest says everything about them: the same weights from a file or from a
+    # seeded random init share a cache.
+    identity = {"teacher": spec.name, "weights_sha256": weights_sha256(teacher), "pooling": "mean over patch tokens"}
     return Featurizer(request, teacher, forward, lambda _res: teacher.width, resolution, identity, "auto")
 
 
 def open_featurizer(request: FeatureRequest, registry, *, resolution: int, seed: int = 0,
-                    random_weights: bool = False) -> Featurizer:
+                    random_weights: bool = False, teacher_weights: Path | None = None) -> Featurizer:
+    """`teacher_weights`: a local weights file or folder for a teacher (no effect on VAEs)."""
     build = _vae_featurizer if request.kind == "vae" else _teacher_featurizer
     try:
-        return build(request, registry, resolution=resolution, seed=seed, random_weights=random_weights)
+        return build(request, registry, resolution=resolution, seed=seed, random_weights=random_weights,
+                     teacher_weights=teacher_weights)
     except ValueError as error:  # a teacher refusing the image size
         raise UserError(f"{request.option} {request.kind}:{request.ref}: {error}") from None
 
@@ -219,7 +222,11 @@ def open_featurizer(request: FeatureRequest, registry, *, resolution: int, seed:
 
 def check_attribute_source(source: ImageSource, data: str) -> None:
     """A probe needs attributes and a train/val/test split."""
-    if not source.attribute_names or type(source).split_codes is ImageSource.split_codes:
+    try:
+        has_splits = bool(source.attribute_names) and len(source.split_codes()) == len(source)
+    except NotImplementedError:
+        has_splits = False
+    if not has_splits:
         raise UserError(f"DATA {data}: has no attributes with train/val/test splits; probe an attribute dataset "
                         f"(celeba, deepfashion, awa, shapes) or a CSV of image paths and attribute columns")
 
