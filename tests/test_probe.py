@@ -269,3 +269,25 @@ def test_teacher_weights_from_a_local_file_are_the_features_identity(tmp_path):
 
     one_line_error(invoke("probe", *common, "--teacher-weights", tmp_path / "missing.safetensors"), "missing")
     one_line_error(invoke("probe", *QUICK, "--vae", "tiny", "--teacher-weights", path), "exactly one")
+
+
+# -- any VAE the toolkit reads: the same weights as an export, a REPA-E .pt and a diffusers folder -
+def test_the_same_vae_in_three_layouts_gives_one_cache_and_one_result(tmp_path):
+    from sendvae_cli.vae.export import export_diffusers
+    from sendvae_cli.vae.open import open_vae
+
+    exported = export_random_tiny(tmp_path / "export", seed=5)
+    loaded = open_vae(exported)
+    repae = tmp_path / "repae" / "tiny-f16d8.pt"
+    repae.parent.mkdir()
+    torch.save(loaded.model.state_dict(), repae)  # REPA-E's layout: a bare LDM state dict
+    diffusers = export_diffusers(loaded, tmp_path / "diffusers")
+
+    cache = tmp_path / "cache"
+    args = ["probe", *QUICK, "--vae", f"export={exported}", "--vae", f"repae={repae}", "--vae", f"diffusers={diffusers}",
+            "--cache-dir", cache, "--out", tmp_path / "p"]
+    assert invoke(*args).returncode == 0
+    assert len(list(cache.glob("*.h5"))) == 1  # one digest: encoded once, reused twice
+    results = json.loads((tmp_path / "p" / "probe.json").read_text())["results"]
+    assert [r["label"] for r in results] == ["export", "repae", "diffusers"]
+    assert results[0]["metrics"] == results[1]["metrics"] == results[2]["metrics"]
