@@ -30,10 +30,11 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
 
 
 def _nice_top(value: float) -> float:
-    if value <= 0:
+    """1.0 for scores (F1, recall), else the value rounded up to a round number."""
+    if value <= 1:
         return 1.0
     step = 10 ** math.floor(math.log10(value)) / 2
-    return min(1.0, math.ceil(value / step) * step) if value <= 1 else math.ceil(value / step) * step
+    return math.ceil(value / step) * step
 
 
 def grouped_bars(path: Path, title: str, groups: Sequence[str], series: dict[str, Sequence[float]],
@@ -41,16 +42,18 @@ def grouped_bars(path: Path, title: str, groups: Sequence[str], series: dict[str
     """Write a PNG: `groups` along x, one bar per entry of `series` (metric name -> value per group)."""
     path = Path(path)
     names = list(series)
-    width = max(480, 120 + len(groups) * (40 + 34 * len(names)))
+    title_font, font, small = _font(18), _font(14), _font(12)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    group_room = max([_text_size(measure, g, font)[0] + 24 for g in groups] + [40 + 34 * len(names)])
+    width = max(480, 110 + len(groups) * group_room, 90 + _text_size(measure, title, title_font)[0])
     height = 420
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    title_font, font, small = _font(18), _font(14), _font(12)
     left, right, top, bottom = 70, 20, 60, 90
     plot_w, plot_h = width - left - right, height - top - bottom
     top_value = _nice_top(max([v for values in series.values() for v in values] + [0.0]))
 
-    draw.text((left, 14), title, fill="black", font=title_font)
+    draw.text((left - 50, 14), title, fill="black", font=title_font)
     # Axis, grid lines and ticks.
     for i in range(6):
         value = top_value * i / 5
@@ -61,10 +64,11 @@ def grouped_bars(path: Path, title: str, groups: Sequence[str], series: dict[str
         draw.text((left - tw - 6, y - th / 2 - 2), label, fill="black", font=small)
     draw.line([(left, top), (left, top + plot_h)], fill="black")
     if y_label:
-        label_image = Image.new("RGB", _text_size(draw, y_label, font), "white")
-        ImageDraw.Draw(label_image).text((0, -2), y_label, fill="black", font=font)
+        x0, y0, x1, y1 = draw.textbbox((0, 0), y_label, font=font)
+        label_image = Image.new("RGB", (x1 - x0 + 4, y1 - y0 + 4), "white")
+        ImageDraw.Draw(label_image).text((2 - x0, 2 - y0), y_label, fill="black", font=font)
         label_image = label_image.rotate(90, expand=True)
-        image.paste(label_image, (8, top + plot_h // 2 - label_image.height // 2))
+        image.paste(label_image, (6, top + plot_h // 2 - label_image.height // 2))
 
     # Bars.
     group_w = plot_w / max(1, len(groups))
