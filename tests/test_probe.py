@@ -170,6 +170,9 @@ def test_bad_input_is_one_line(tmp_path):
     one_line_error(invoke("probe", *QUICK, "--features", "dinov2-s"), "--features dinov2-s", "teacher:NAME")
     one_line_error(invoke("probe", *QUICK, "--features", "teacher:dinov9"), "dinov9")
     one_line_error(invoke("probe", *QUICK, "--vae", "tiny", "--epochs", "0"), "--epochs 0")
+    one_line_error(invoke("probe", "shapes", "--num-images", "5", "--resolution", "32", "--vae", "tiny",
+                          "--out", tmp_path / "few"), "val split has no rows", "--num-images")
+    assert not (tmp_path / "few").exists()  # refused before anything was written
 
     # Data without attributes, a wrong root, a root without the annotation files.
     folder = tmp_path / "imgs"

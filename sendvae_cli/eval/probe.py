@@ -69,6 +69,16 @@ def _open_source(options: ProbeOptions, registry, resolution: int):
                          seed=options.seed, strict=options.strict,
                          root=str(options.root) if options.root else None)
     check_attribute_source(source, options.data)
+    import numpy as np
+
+    from sendvae_cli.data.source import SPLITS
+
+    counts = np.bincount(source.split_codes(), minlength=len(SPLITS))
+    if not counts.all():
+        empty = SPLITS[int(np.flatnonzero(counts == 0)[0])]
+        raise UserError(f"DATA {options.data}: the {empty} split has no rows ({len(source)} images: "
+                        f"{'/'.join(map(str, counts))} train/val/test); the probe needs all three"
+                        + ("; use more --num-images" if options.num_images else ""))
     return source
 
 
