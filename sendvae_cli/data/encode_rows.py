@@ -78,9 +78,10 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
+def write_json_atomic(path: Path, value: Any, default: Callable[[Any], Any] = str) -> None:
+    """Write JSON to a temporary name, then rename: a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
+    tmp.write_text(json.dumps(value, indent=2, default=default))
     os.replace(tmp, path)
 
 

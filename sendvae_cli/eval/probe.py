@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sendvae_cli.data.encode_rows import write_json_atomic
 from sendvae_cli.data.h5rows import fingerprint
 from sendvae_cli.errors import UserError
 from sendvae_cli.eval.probe_features import FeatureRequest, check_labels, slug
@@ -58,7 +59,6 @@ class ProbeOptions:
     block_rows: int = 1024
     settings: Any = None  # linear_probe.ProbeSettings
     quiet: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _open_source(options: ProbeOptions, registry, resolution: int):
@@ -68,17 +68,7 @@ def _open_source(options: ProbeOptions, registry, resolution: int):
     source = open_images(options.data, registry=registry, resolution=resolution, num_images=options.num_images,
                          seed=options.seed, strict=options.strict,
                          root=str(options.root) if options.root else None)
-    check_attribute_source(source, options.data)
-    import numpy as np
-
-    from sendvae_cli.data.source import SPLITS
-
-    counts = np.bincount(source.split_codes(), minlength=len(SPLITS))
-    if not counts.all():
-        empty = SPLITS[int(np.flatnonzero(counts == 0)[0])]
-        raise UserError(f"DATA {options.data}: the {empty} split has no rows ({len(source)} images: "
-                        f"{'/'.join(map(str, counts))} train/val/test); the probe needs all three"
-                        + ("; use more --num-images" if options.num_images else ""))
+    check_attribute_source(source, options.data, options.num_images)
     return source
 
 
@@ -91,22 +81,25 @@ def encode_all(options: ProbeOptions, registry, dist, show: bool) -> list[dict[s
     """Every requested source's feature cache, encoded where missing; [{request, featurizer, path, ...}]."""
     import gc
 
-    from sendvae_cli.eval.probe_features import cache_path, encode_features, open_featurizer, probe_resolution
+    from sendvae_cli.eval.probe_features import (cache_config, cache_path, encode_features, open_featurizer,
+                                                 probe_resolution, source_identity)
     from sendvae_cli.progress import info
 
     cache_dir = Path(options.cache_dir or Path(options.out) / "features")
     batch_size = options.batch_size or (64 if dist.device.type == "cuda" else 16)
     resolution = probe_resolution(options.requests, options.resolution)
     source = _open_source(options, registry, resolution)  # before any model: data errors come first
+    identity = source_identity(source)
     entries = []
     for request in options.requests:
         featurizer = open_featurizer(request, registry, resolution=resolution, seed=options.seed,
                                      random_weights=options.random_weights, teacher_weights=options.teacher_weights)
-        path = cache_path(cache_dir, featurizer, source, data_name(options.data))
+        config = cache_config(featurizer, identity)
+        path = cache_path(cache_dir, config, featurizer, data_name(options.data))
         started = time.perf_counter()
         if dist.is_main:
             cache_dir.mkdir(parents=True, exist_ok=True)
-        computed = encode_features(source, featurizer, path, dist, batch_size=batch_size, workers=options.workers,
+        computed = encode_features(source, featurizer, path, config, dist, batch_size=batch_size, workers=options.workers,
                                    block_rows=options.block_rows, show=show)
         seconds = time.perf_counter() - started
         info(f"{request.label}: {'encoded ' + str(computed) + ' images into' if computed else 'reusing'} {path}"
@@ -163,9 +156,7 @@ def probe_cache(entry: dict[str, Any], settings, results_dir: Path, show: bool) 
         "per_attribute_f1": dict(zip(names, result.metrics["per_attribute_f1"])),
     }
     results_dir.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_name(saved.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=float))
-    tmp.replace(saved)
+    write_json_atomic(saved, record, default=float)
     return record
 
 
@@ -204,9 +195,7 @@ def run_probe(options: ProbeOptions, registry) -> dict[str, Any] | None:
         "results": results,
     }
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "probe.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float))
-    tmp.replace(out / "probe.json")
+    write_json_atomic(out / "probe.json", summary, default=float)
     chart(summary, out / "probe.png")
     return summary
 

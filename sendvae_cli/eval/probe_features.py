@@ -39,7 +39,8 @@ import torch
 
 from sendvae_cli.data import encode_rows
 from sendvae_cli.data.h5rows import ArraySpec, RowCache, fingerprint
-from sendvae_cli.data.source import ImageSource
+from sendvae_cli.data.latents import weights_sha256
+from sendvae_cli.data.source import SPLITS, ImageSource
 from sendvae_cli.distributed import Dist
 from sendvae_cli.errors import UserError
 
@@ -124,12 +125,6 @@ class Featurizer:
                 "dim": self.dim(self.resolution), "resolution": self.resolution, **self.identity}
 
 
-def weights_sha256(module: torch.nn.Module) -> str:
-    from sendvae_cli.data.latents import weights_sha256 as digest
-
-    return digest(module)
-
-
 def trained_resolution(request: FeatureRequest) -> int | None:
     """The resolution an exported VAE was trained at (its vae.json says), without building it."""
     if request.kind != "vae":
@@ -160,7 +155,7 @@ def probe_resolution(requests: list[FeatureRequest], given: int | None) -> int:
 
 
 def _vae_featurizer(request: FeatureRequest, registry, *, resolution: int, seed: int,
-                    random_weights: bool, teacher_weights: Path | None = None) -> Featurizer:
+                    random_weights: bool) -> Featurizer:
     from sendvae_cli.vae.autoencoder import config_name
     from sendvae_cli.vae.open import _looks_like_path, open_vae
 
@@ -207,10 +202,11 @@ def _teacher_featurizer(request: FeatureRequest, registry, *, resolution: int, s
 def open_featurizer(request: FeatureRequest, registry, *, resolution: int, seed: int = 0,
                     random_weights: bool = False, teacher_weights: Path | None = None) -> Featurizer:
     """`teacher_weights`: a local weights file or folder for a teacher (no effect on VAEs)."""
-    build = _vae_featurizer if request.kind == "vae" else _teacher_featurizer
     try:
-        return build(request, registry, resolution=resolution, seed=seed, random_weights=random_weights,
-                     teacher_weights=teacher_weights)
+        if request.kind == "vae":
+            return _vae_featurizer(request, registry, resolution=resolution, seed=seed, random_weights=random_weights)
+        return _teacher_featurizer(request, registry, resolution=resolution, seed=seed,
+                                   random_weights=random_weights, teacher_weights=teacher_weights)
     except ValueError as error:  # a teacher refusing the image size
         raise UserError(f"{request.option} {request.kind}:{request.ref}: {error}") from None
 
@@ -220,39 +216,52 @@ def open_featurizer(request: FeatureRequest, registry, *, resolution: int, seed:
 #################################################################################
 
 
-def check_attribute_source(source: ImageSource, data: str) -> None:
-    """A probe needs attributes and a train/val/test split."""
+def check_attribute_source(source: ImageSource, data: str, num_images: int | None = None) -> None:
+    """A probe needs attributes and rows in each of the train, val and test splits."""
     try:
-        has_splits = bool(source.attribute_names) and len(source.split_codes()) == len(source)
+        codes = source.split_codes() if source.attribute_names else None
     except NotImplementedError:
-        has_splits = False
-    if not has_splits:
+        codes = None
+    if codes is None or len(codes) != len(source):
         raise UserError(f"DATA {data}: has no attributes with train/val/test splits; probe an attribute dataset "
                         f"(celeba, deepfashion, awa, shapes) or a CSV of image paths and attribute columns")
+    counts = np.bincount(codes, minlength=len(SPLITS))
+    if not counts.all():
+        empty = SPLITS[int(np.flatnonzero(counts == 0)[0])]
+        raise UserError(f"DATA {data}: the {empty} split has no rows ({len(source)} images: "
+                        f"{'/'.join(map(str, counts))} train/val/test); the probe needs all three"
+                        + ("; use more --num-images" if num_images else ""))
 
 
-def cache_config(featurizer: Featurizer, source: ImageSource) -> dict[str, Any]:
+def source_identity(source: ImageSource) -> dict[str, Any]:
+    """What decides a cache's rows, once per call (row order and annotation digests cost a pass)."""
     return {
-        "producer": PRODUCER,
-        "features": {k: v for k, v in featurizer.describe().items() if k not in ("label", "ref", "provenance")},
         "source": source.describe(),
         "row_order_sha256": source.row_order_sha256(),
         "attributes": hashlib.sha256("\n".join(source.attribute_names).encode()).hexdigest(),
+    }
+
+
+def cache_config(featurizer: Featurizer, identity: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "producer": PRODUCER,
+        "features": {k: v for k, v in featurizer.describe().items() if k not in ("label", "ref", "provenance")},
+        **identity,
         "dtype": "float16",
     }
 
 
-def cache_path(cache_dir: Path, featurizer: Featurizer, source: ImageSource, data_name: str) -> Path:
-    digest = fingerprint(cache_config(featurizer, source))[:12]
+def cache_path(cache_dir: Path, config: dict[str, Any], featurizer: Featurizer, data_name: str) -> Path:
+    digest = fingerprint(config)[:12]
     return Path(cache_dir) / f"{slug(data_name)}-{featurizer.resolution}px-{featurizer.request.kind}-{digest}.h5"
 
 
-def encode_features(source: ImageSource, featurizer: Featurizer, out: Path, dist: Dist, *, batch_size: int,
-                    workers: int, block_rows: int, show: bool) -> int:
-    """Write (or finish) the feature cache `out`; returns how many rows were computed now."""
+def encode_features(source: ImageSource, featurizer: Featurizer, out: Path, config: dict[str, Any], dist: Dist, *,
+                    batch_size: int, workers: int, block_rows: int, show: bool) -> int:
+    """Write (or finish) the feature cache `out` of configuration `config` (`cache_config`); returns how
+    many rows were computed now."""
     from sendvae_cli import __version__
 
-    config = cache_config(featurizer, source)
     dim = featurizer.dim(featurizer.resolution)
     cache = RowCache(out, len(source), {"features": ArraySpec((dim,), "float16")}, config, block_rows=block_rows)
     if encode_rows.already_complete(cache, dist, show=False):
@@ -288,7 +297,7 @@ def encode_features(source: ImageSource, featurizer: Featurizer, out: Path, dist
         "weights_sha256": featurizer.identity["weights_sha256"],
         "resolution": featurizer.resolution,
         "attribute_names": json.dumps(list(source.attribute_names)),
-        "source": json.dumps(source.describe(), sort_keys=True),
+        "source": json.dumps(config["source"], sort_keys=True),
         "row_order_sha256": config["row_order_sha256"],
     }
     encode_rows.finish(cache, dist, attrs, extra=extra, show=False)
