@@ -29,6 +29,30 @@ def run_cli(*args, env=None, check=True, timeout=300, cwd=None):
     return proc
 
 
+def invoke(*args):
+    """`sendvae ARGS` in this process (no interpreter start-up): quick runs and errors."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from sendvae_cli.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+
+
+def one_line_error(proc, *fragments):
+    """`proc` failed with exit code 2 and one `error:` line holding every fragment, no traceback."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import invoke, one_line_error, run_cli
 from sendvae_cli.data import latent_dataset
 from sendvae_cli.data.h5rows import parts_progress
 from sendvae_cli.data.latent_dataset import LatentDataset, row_seed
@@ -30,29 +30,6 @@ def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "ref.h5"
     run_cli("cache-latents", *SMALL, "--out", out)
     return out
-
-
-def invoke(*args):
-    """`sendvae ARGS` in this process (no interpreter start-up): quick checks and errors."""
-    from types import SimpleNamespace
-
-    from typer.testing import CliRunner
-
-    from sendvae_cli.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
-
-
-def one_line_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # -- the file --------------------------------------------------------------------------------------

@@ -16,32 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli
+from conftest import invoke, one_line_error, run_cli
 from sendvae_cli.data.shapes import ATTRIBUTE_NAMES, ShapesSource
 from sendvae_cli.vae.autoencoder import VAEConfig
-
-
-def invoke(*args):
-    """`sendvae ARGS` in this process (no interpreter start-up): quick runs and errors."""
-    from types import SimpleNamespace
-
-    from typer.testing import CliRunner
-
-    from sendvae_cli.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
-
-
-def one_line_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def export_random_tiny(folder: Path, seed: int, resolution: int = 32, config=None) -> Path:
