@@ -2,8 +2,8 @@
 
     python benchmarks/probe_memory.py [--rows 200000] [--dim 8192] [--memory-gb 0.5] [--epochs 3] [--dir D]
 
-Writes a CelebA-sized cache (features a linear function of 40 attributes plus noise, splits
-80/10/10) unless `--dir` already holds one, then fits the probe with `memory_gb` far below the
+Writes a CelebA-sized cache with `probe_time.write_cache` (features a linear function of 40
+attributes plus noise, splits 80/10/10) unless `--dir` already holds one, then fits the probe with `memory_gb` far below the
 table's size and reports the process's peak resident memory before and after the probe (the
 probe's own footprint is the difference), seconds per epoch and the time of the first pass.
 Run it in a fresh process: peak RSS only ever grows.
@@ -13,34 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 
+from probe_time import write_cache  # the same synthetic cache, written in row blocks
 from sendvae_cli.eval.linear_probe import ProbeSettings, fit_probe
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-
-
-def write_cache(path: Path, rows: int, dim: int, attributes: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    weights = rng.normal(size=(attributes, dim)).astype(np.float32) * 0.05
-    attrs = (rng.random((rows, attributes)) < 0.25).astype(np.uint8)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        features = f.create_dataset("features", (rows, dim), dtype="float16", chunks=(1, dim))
-        for lo in range(0, rows, 5000):
-            hi = min(lo + 5000, rows)
-            noise = rng.normal(size=(hi - lo, dim)).astype(np.float32)
-            features[lo:hi] = (attrs[lo:hi] @ weights + noise).astype(np.float16)
-        f["attributes"] = attrs
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -59,11 +43,8 @@ def main() -> None:
         write_cache(path, args.rows, args.dim, args.attributes)
         print(f"wrote {path} in {time.perf_counter() - started:.0f} s (rerun to measure in a clean process)")
         return
-    n_train, n_val = args.rows * 8 // 10, args.rows // 10
-    splits = np.full(args.rows, 2, dtype=np.int8)
-    splits[:n_train], splits[n_train : n_train + n_val] = 0, 1
     with h5py.File(path, "r") as f:
-        attributes = f["attributes"][:]
+        attributes, splits = f["attributes"][:], f["split"][:]
         before = peak_rss_mb()
         started = time.perf_counter()
         result = fit_probe(f["features"], attributes, splits,
