@@ -383,8 +383,8 @@ def test_saved_statistics_file_format(work, result_ab):
 
 @pytest.mark.gpu
 def test_gpu_features_and_metrics_agree_with_cpu(work):
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+    if not torch.cuda.is_available():  # as tests/test_gpu.py: `-m gpu` without a GPU is an error, not a pass
+        pytest.fail("the gpu tests need a CUDA device")
     gpu = InceptionFeatures.load(work["weights"], "cuda")
     batch = next(open_images(work["root"] / "A", "test").batches(N))
     pool, spatial, logits = (t.double().cpu().numpy() for t in gpu(batch))
