@@ -129,6 +129,12 @@ VAE_CONFIGS: dict[str, VAEConfig] = {
     # 8x4x4 latent. For tests and CPU smoke runs; never for results.
     "tiny-f16d8": VAEConfig(ch=16, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(4,),
                             resolution=64, z_channels=8, embed_dim=8, norm_groups=8),
+    # SD-VAE's f8 layout at toy size: an 8x8 latent at 64 px keeps a shape's outline, colour and
+    # position, which a 4x4 latent blurs away. No attention (no level is small enough to need it).
+    "tiny-f8d8": VAEConfig(ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, attn_resolutions=(),
+                           resolution=64, z_channels=8, embed_dim=8, norm_groups=8),
+    "small-f8d8": VAEConfig(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(),
+                            resolution=64, z_channels=8, embed_dim=8, norm_groups=8),
 }
 
 

@@ -75,6 +75,10 @@ VAE_BASES = [
     _scratch("f16d64"),
     _scratch("tiny-f16d8", name="tiny",
              description="tiny f16d8 (ch 16, 5 levels), random init: tests and CPU smoke runs only"),
+    _scratch("tiny-f8d8", name="tiny-f8",
+             description="tiny f8d8 (ch 16, 4 levels), random init: the CPU main job's VAE at 64 px"),
+    _scratch("small-f8d8", name="small-f8",
+             description="small f8d8 (ch 32, 4 levels), random init: CPU experiments at 64 px"),
 ]
 
 
