@@ -1,0 +1,149 @@
+"""A toy test of the paper's claim: does aligning the VAE (mapper + noise injection) help the
+generator trained on its latent, at equal steps?
+
+Arms (same data, same steps, same SiT, same seeds; only the VAE's alignment differs):
+
+    aligned     train-vae as the paper: alignment weight 1, noise injection on
+    unaligned   the same with --align-weight 0 (the mapper gets no weight in the loss)
+    no-noise    aligned without noise injection (--no-noise; optional, --arms)
+
+For each arm and seed: train-vae -> cache-latents -> train-sit (REPA with the same teacher) ->
+sample (class-balanced, CFG) -> fid (the teacher's feature space, against held-out shapes) ->
+probe (macro-F1 on shapes attributes) -> recon (PSNR). Every command is printed before it runs
+and shells out to `sendvae` (or `python -m sendvae_cli`), so any one can be rerun by hand; all of
+them resume, so rerunning this script continues where it stopped.
+
+    python benchmarks/toy_claim.py --out runs/toy-claim                       # CPU scale
+    python benchmarks/toy_claim.py --out runs/toy-claim --seeds 0 1 2 --vae-steps 2000 \\
+        --sit-steps 4000 --num-samples 1000 --device cuda                     # GPU scale
+
+It prints a table (mean and spread over seeds per arm) and writes OUT/toy_claim.json. Not part
+of CI: at the default scale it takes about an hour on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from main_job_report import _fd, write_reference  # noqa: E402  (the same reference as the main job)
+
+ARMS = {
+    "aligned": [],
+    "unaligned": ["--align-weight", "0"],
+    "no-noise": ["--no-noise"],
+}
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Print and run one command (its output goes to the terminal and to LOG); seconds taken."""
+    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+        f.flush()
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def one_run(args, arm: str, seed: int, ref: Path) -> dict:
+    sendvae = shlex.split(args.sendvae)
+    out = args.out / f"{arm}-seed{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "commands.log"
+    common = ["--device", args.device, "--quiet"]
+    seconds = {}
+    seconds["train-vae"] = run(sendvae + [
+        "train-vae", "shapes", "--preset", "tiny", "--teacher", args.teacher, "--lpips-weight", "0",
+        "--num-images", str(args.num_images), "--steps", str(args.vae_steps), "--seed", str(seed),
+        *ARMS[arm], *args.vae_args, *common, "--out", str(out / "vae")], log)
+    seconds["cache-latents"] = run(sendvae + [
+        "cache-latents", "shapes", "--vae", str(out / "vae" / "export"), "--num-images", str(args.num_images),
+        *common, "--out", str(out / "latents.h5")], log)
+    seconds["train-sit"] = run(sendvae + [
+        "train-sit", str(out / "latents.h5"), "--preset", "tiny", "--model", args.sit_model, "--teacher", args.teacher,
+        "--images", "shapes", "--steps", str(args.sit_steps), "--seed", str(seed), *args.sit_args, *common,
+        "--out", str(out / "sit")], log)
+    seconds["sample"] = run(sendvae + [
+        "sample", str(out / "sit"), "-n", str(args.num_samples), "--labels", "balanced", "--cfg", str(args.cfg),
+        "--steps", str(args.sample_steps), "--seed", str(seed), *common, "--out", str(out / "samples")], log)
+    seconds["fid"] = run(sendvae + [
+        "fid", str(out / "samples" / "samples.npz"), "--ref", str(ref), "--extractor", args.teacher,
+        "--json", str(out / "fid.json"), "--device", args.device, "--quiet"], log)
+    seconds["probe"] = run(sendvae + [
+        "probe", "shapes", "--vae", f"{arm}={out / 'vae' / 'export'}", "--num-images", str(args.probe_images),
+        "--device", args.device, "--quiet", "--out", str(out / "probe")], log)
+    seconds["recon"] = run(sendvae + [
+        "recon", "shapes", "--vae", f"{arm}={out / 'vae' / 'export'}", "--num-images", str(args.recon_images),
+        "--extractor", args.teacher, "--no-lpips", "--device", args.device, "--quiet", "--out", str(out / "recon")], log)
+
+    fd_name, fd = _fd(json.loads((out / "fid.json").read_text()))
+    probe = json.loads((out / "probe" / "probe.json").read_text())["results"][0]
+    recon = json.loads((out / "recon" / "recon.json").read_text())["results"][0]
+    return {"arm": arm, "seed": seed, "fd_name": fd_name, "fd": fd, "probe_macro_f1": probe["metrics"]["macro_f1"],
+            "probe_micro_f1": probe["metrics"].get("micro_f1"), "psnr": recon.get("psnr"),
+            "seconds": {k: round(v, 1) for k, v in seconds.items()}, "out": str(out)}
+
+
+def spread(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {sd:.3f} ({', '.join(f'{v:.3f}' for v in values)})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Toy test of Send-VAE's claim: aligned vs unaligned VAE, same SiT.")
+    p.add_argument("--out", type=Path, default=Path("runs/toy-claim"))
+    p.add_argument("--arms", nargs="+", default=["aligned", "unaligned"], choices=list(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--teacher", default="tv-mobilenet-v2")
+    p.add_argument("--num-images", type=int, default=2000, help="training rows of shapes")
+    p.add_argument("--vae-steps", type=int, default=300)
+    p.add_argument("--sit-steps", type=int, default=600)
+    p.add_argument("--sit-model", default="SiT-tiny/2")
+    p.add_argument("--num-samples", type=int, default=500)
+    p.add_argument("--ref-images", type=int, default=1000)
+    p.add_argument("--cfg", type=float, default=2.5)
+    p.add_argument("--sample-steps", type=int, default=25)
+    p.add_argument("--probe-images", type=int, default=2000)
+    p.add_argument("--recon-images", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--vae-arg", dest="vae_args", action="append", default=[], help="extra train-vae argument (repeat)")
+    p.add_argument("--sit-arg", dest="sit_args", action="append", default=[], help="extra train-sit argument (repeat)")
+    p.add_argument("--sendvae", default=f"{shlex.quote(sys.executable)} -m sendvae_cli")
+    args = p.parse_args(argv)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    ref = args.out / "shapes-ref.npz"
+    write_reference(ref, args.ref_images, 64)
+    rows = [one_run(args, arm, seed, ref) for arm in args.arms for seed in args.seeds]
+
+    fd_name = rows[0]["fd_name"]
+    print(f"\n{'arm':<10} {fd_name + ' (lower is better)':<40} {'probe macro-F1':<40} PSNR (dB)")
+    table = {}
+    for arm in args.arms:
+        mine = [r for r in rows if r["arm"] == arm]
+        table[arm] = {k: spread([r[k] for r in mine]) for k in ("fd", "probe_macro_f1", "psnr")}
+        print(f"{arm:<10} {table[arm]['fd']:<40} {table[arm]['probe_macro_f1']:<40} {table[arm]['psnr']}")
+    result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "runs": rows, "table": table}
+    (args.out / "toy_claim.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(f"\nwrote {args.out / 'toy_claim.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
