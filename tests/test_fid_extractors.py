@@ -196,3 +196,26 @@ def test_global_features_default_to_pooled_tokens_and_dinov2_uses_cls():
     out = vit.global_features(x, size=224)
     assert out.shape == (2, vit.width) and torch.isfinite(out).all()
     assert not math.isclose(float(out.std()), 0.0)
+
+
+def test_command_names_the_extractor_and_refuses_other_statistics(work, tmp_path):
+    from conftest import invoke, one_line_error
+
+    root = work["root"]
+    out = tmp_path / "cli.json"
+    proc = invoke("fid", root / "A", "--ref", root / "A", "--extractor", "tv-mobilenet-v2", "--json", out,
+                  "--workers", 0, "--device", "cpu", "--no-cache", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    saved = json.loads(out.read_text())
+    assert saved["extractor"] == "tv-mobilenet-v2" and saved["metrics"]["fd"] <= 1e-9
+    text = " ".join(proc.stdout.split())
+    assert "FD_tv-mobilenet-v2" in text and "n/a" in text
+
+    inception_like = tmp_path / "inception-stats.npz"
+    save_stats(inception_like, ReferenceStats(Gaussian(np.zeros(2048), np.eye(2048), 10), None, None),
+               {"weights_sha256": "0" * 64})
+    one_line_error(invoke("fid", root / "A", "--ref", inception_like, "--extractor", "tv-mobilenet-v2",
+                          "--workers", 0, "--device", "cpu", "--quiet", "--json", tmp_path / "x.json"),
+                   "statistics of extractor inception, this run uses tv-mobilenet-v2")
+    one_line_error(invoke("fid", root / "A", "--ref", root / "B", "--extractor", "tv-mobilenet-v2",
+                          "--inception-weights", tmp_path / "i.pth", "--quiet"), "goes with --extractor inception")

@@ -199,3 +199,43 @@ def test_named_vae_bases_through_the_real_loader(parts, tmp_path):
     assert a["metrics"] == b["metrics"] and a["vae"]["weights_sha256"] == b["vae"]["weights_sha256"]
     assert a["latent_shape"] == [8, 2, 2] and a["metrics"]["psnr"] < 30
     assert len(list((tmp_path / "out" / "cache").glob("*recon*.h5"))) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+def test_command_end_to_end(parts, tmp_path):
+    """`sendvae recon` with the untrained `tiny` base and the real MobileNetV2 extractor, then a rerun."""
+    from conftest import invoke
+
+    out = tmp_path / "cli"
+    args = ("recon", parts["data"], "--vae", "tiny", "--extractor", "tv-mobilenet-v2", "--no-lpips",
+            "--resolution", 32, "--num-images", 4, "--out", out, "--workers", 0, "--device", "cpu", "--quiet")
+    proc = invoke(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    saved = json.loads((out / "recon.json").read_text())
+    assert saved["fd_name"] == "rFD_tv-mobilenet-v2" and saved["extractor_details"]["release_weights"] is True
+    assert saved["results"][0]["label"] == "tiny" and saved["results"][0]["metrics"]["lpips"] is None
+    assert (out / "images" / "tiny.png").is_file()
+    text = " ".join(proc.stdout.split())
+    assert "rFD_tv-mobilenet-v2" in text and "tiny" in text
+    before = (out / "recon.json").read_text()
+    assert invoke(*args).returncode == 0 and (out / "recon.json").read_text() == before
+
+
+def test_command_bad_inputs_are_one_line_errors(parts, tmp_path, monkeypatch):
+    from conftest import invoke, one_line_error
+
+    common = ("--resolution", 32, "--workers", 0, "--device", "cpu", "--quiet", "--out", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    one_line_error(invoke("recon", tmp_path / "empty", "--vae", "tiny", "--no-lpips", *common), "no images found")
+    one_line_error(invoke("recon", parts["data"], *common), "--vae: missing")
+    one_line_error(invoke("recon", parts["data"], "--vae", "tiny", "--extractor", "dinov9", "--no-lpips", *common),
+                   "--extractor dinov9: unknown teacher")
+    one_line_error(invoke("recon", parts["data"], "--vae", "tiny", "--no-lpips", "--lpips-vgg-weights", tmp_path, *common),
+                   "--no-lpips")
+    # LPIPS weights missing offline: one line naming the file, where to put it, and the escape
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    one_line_error(invoke("recon", parts["data"], "--vae", "tiny", "--extractor", "tv-mobilenet-v2", *common),
+                   "vgg16-397923af.pth", str(tmp_path / "torch" / "hub" / "checkpoints"), "--no-lpips")
