@@ -38,9 +38,9 @@ import h5py
 import numpy as np
 import torch
 
-from sendvae_cli.data import encode_rows
-from sendvae_cli.data.encode_rows import write_json_atomic
-from sendvae_cli.data.h5rows import ArraySpec, RowCache, fingerprint
+from sendvae_cli.caches import encode_rows
+from sendvae_cli.io import write_json_atomic
+from sendvae_cli.caches.h5rows import ArraySpec, RowCache, fingerprint
 from sendvae_cli.errors import UserError, WeightsNotFound
 from sendvae_cli.eval.extractors import INCEPTION, metric_name
 from sendvae_cli.eval.frechet import Gaussian, Moments, frechet_distance
@@ -107,11 +107,11 @@ class Reconstructor:
 
 
 def open_reconstructor(request: FeatureRequest, registry, *, seed: int = 0, random_weights: bool = False) -> Reconstructor:
-    from sendvae_cli.data.latents import weights_sha256
+    from sendvae_cli.weights import weights_sha256
     from sendvae_cli.vae.autoencoder import config_name
-    from sendvae_cli.vae.open import _looks_like_path, open_vae
+    from sendvae_cli.vae.open import looks_like_path, open_vae
 
-    named = not _looks_like_path(request.ref) and not Path(request.ref).exists()
+    named = not looks_like_path(request.ref) and not Path(request.ref).exists()
     with torch.random.fork_rng(devices=[]):  # random weights are seeded: a rerun finds its cache
         torch.manual_seed(seed)
         loaded = open_vae(request.ref, registry, random_weights=random_weights and named)
@@ -351,7 +351,7 @@ def run_recon(options: ReconOptions, registry, *, reconstructors: list[Reconstru
         warn(f"extractor {extractor.name}: not its release weights (sha256 {extractor.sha256[:12]}...); "
              f"rFID/rFD figures are not comparable with published ones")
 
-    from sendvae_cli.data.latents import weights_sha256
+    from sendvae_cli.weights import weights_sha256
 
     lpips_sha = weights_sha256(lpips) if lpips is not None else None
     cache_dir = Path(options.cache_dir or out / "cache")
