@@ -1,6 +1,7 @@
 """`sendvae fid` throughput: images/s through the whole pipeline, and what 5,000 / 50,000 images cost.
 
     python benchmarks/fid_throughput.py [--images 5000] [--resolution 256] [--device auto] [--threads N]
+                                        [--extractors inception,tv-mobilenet-v2,dinov2-l]
 
 Writes N generated `shapes` images at the given resolution as an ADM `.npz` and a PNG folder, then
 measures, on the same machine:
@@ -12,8 +13,13 @@ measures, on the same machine:
 - fid_math:  the two Fréchet distances (2048-d and 2023-d, float64 eigh) on full-rank statistics;
 - p/r:       precision/recall on N x N features (quadratic in N; extrapolated to 50k x 10k).
 
-The weights are random (the release file cannot be downloaded here): the network and its FLOPs
-are the real ones. From the FLOPs per image it prints what a GPU needs for 50,000 images at an
+Per extractor (`--extractors`, default all three), the same pipeline run (`evaluate()` on the
+`.npz` against saved statistics of that extractor's width) is set against its bare forward: the
+Inception forward on uint8 batches (its resize is inside the network), a teacher's
+`global_features` on batches already resized to 224 px. `ratio` = pipeline / bare (goal >= 0.9).
+
+The weights are random (the release files cannot be downloaded here): the networks and their
+FLOPs are the real ones. From the FLOPs per image it prints what a GPU needs for 50,000 images at an
 assumed sustained float32 rate (no TF32), to be replaced by a measurement on a lent GPU
 (`--device cuda`). With fewer images than 5,000 the figures for 5,000 / 50,000 are extrapolated
 linearly from the steady-state rate and say so.
@@ -39,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sendvae_cli.data.shapes import ShapesSource
 from sendvae_cli.eval.fid import FidOptions, evaluate
 from sendvae_cli.eval.frechet import Gaussian, frechet_distance
+from sendvae_cli.eval.extractors import TEACHER_INPUT_SIZE, open_extractor, resize_uint8
 from sendvae_cli.eval.inception import InceptionFeatures, random_inception_weights
 from sendvae_cli.eval.inputs import FolderImages, ReferenceStats, save_stats
 from sendvae_cli.eval.metrics import precision_recall
@@ -56,6 +63,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--pr-images", type=int, default=2000, help="features per side for the P/R timing")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--extractors", default="inception,tv-mobilenet-v2,dinov2-l",
+                        help="comma-separated extractors to time (inception and/or teacher names)")
+    parser.add_argument("--teacher-images", type=int, default=64,
+                        help="images through the pipeline for each teacher extractor (dinov2-l costs ~2 s/image on 2 cores)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,6 +90,11 @@ def main() -> None:
 
         weights = random_inception_weights(tmp / "inception.pth")
         extractor = InceptionFeatures.load(weights, device)
+        names = [n for n in args.extractors.split(",") if n]
+        per_extractor = {}
+        for name in names:
+            if name != "inception":
+                per_extractor[name] = time_teacher(name, pixels, tmp, device, args)
         batches = [torch.from_numpy(pixels[s : s + batch_size]).permute(0, 3, 1, 2).contiguous()
                    for s in range(0, n, batch_size)]
 
@@ -139,6 +155,7 @@ def main() -> None:
     fixed = npz_total - n * per_image
     gpu_50k = 50_000 * flops_per_image / (H100_FP32_SUSTAINED_TFLOPS * 1e12)
     figures = {
+        "extractors": per_extractor,
         "device": str(device), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "images_measured": n, "resolution": args.resolution, "batch_size": batch_size,
         "gflops_per_image": flops_per_image / 1e9,
@@ -156,14 +173,65 @@ def main() -> None:
         "gpu_seconds_for_50000_images_forward (estimate)": gpu_50k,
         "png_decode_seconds_for_50000_images (this CPU)": 50_000 / decode,
     }
+    figures["extractors"] = {"inception": {"gflops_per_image": flops_per_image / 1e9, "bare_images_per_s": bare,
+                                           "pipeline_images_per_s": npz_rate, "ratio": npz_rate / bare},
+                             **per_extractor}
     for key, value in figures.items():
+        if key == "extractors":
+            continue
         print(f"{key:>48}: {value:,.3f}" if isinstance(value, float) else f"{key:>48}: {value}")
+    print(f"\n{'extractor':>18} {'GFLOP/img':>10} {'bare img/s':>11} {'fid img/s':>10} {'ratio':>6}")
+    for name, row in figures["extractors"].items():
+        print(f"{name:>18} {row['gflops_per_image']:>10.2f} {row['bare_images_per_s']:>11.2f} "
+              f"{row['pipeline_images_per_s']:>10.2f} {row['ratio']:>6.2f}")
     print(f"\nA GPU needs ~{flops_per_image / 1e9:.1f} GFLOP per image: 50,000 images = "
           f"{50_000 * flops_per_image / 1e15:.2f} PFLOP, about {gpu_50k:.0f}s at {H100_FP32_SUSTAINED_TFLOPS:.0f} "
           f"TFLOP/s float32; from a PNG folder the decoding workers set the pace ({decode:.0f} img/s with "
           f"{args.workers} workers here), from an .npz the memory-mapped read does not.")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
+
+
+def time_teacher(name: str, pixels: np.ndarray, tmp: Path, device: torch.device, args) -> dict:
+    """A teacher extractor (random weights): bare global_features vs `evaluate()` on the same images."""
+    extractor = open_extractor(name, device=device, random_weights=True)
+    n = min(args.teacher_images, len(pixels))
+    batch_size = args.batch_size or (250 if device.type == "cuda" else 16)
+    np.savez(tmp / f"samples-{name}.npz", arr_0=pixels[:n])
+    batches = [torch.from_numpy(pixels[s : s + batch_size]).permute(0, 3, 1, 2).contiguous()
+               for s in range(0, n, batch_size)]
+    resized = [resize_uint8(b.to(device), TEACHER_INPUT_SIZE).div_(127.5).sub_(1.0) for b in batches]
+    with FlopCounterMode(display=False) as counter:
+        extractor(batches[0][:1])
+    flops = counter.get_total_flops()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    extractor.teacher.global_features(resized[0][:2], size=TEACHER_INPUT_SIZE)  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for x in resized:
+            extractor.teacher.global_features(x, size=TEACHER_INPUT_SIZE)
+    sync()
+    bare = n / (time.perf_counter() - t0)
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(max(2 * extractor.dim, 256), extractor.dim))
+    stats = ReferenceStats(Gaussian(ref.mean(0), np.cov(ref, rowvar=False), len(ref)), None,
+                           ref[:1000].astype(np.float32), {})
+    meta = {"extractor": name, "weights_sha256": extractor.sha256, "producer": "benchmark"}
+    save_stats(tmp / f"ref-{name}.npz", stats, meta)
+    result = evaluate(FidOptions(samples=tmp / f"samples-{name}.npz", ref=tmp / f"ref-{name}.npz", extractor=name,
+                                 batch_size=batch_size, device=str(device), json_out=tmp / f"out-{name}.json",
+                                 quiet=True, cache=False, random_weights=True), extractor=extractor)
+    rate = result["samples_per_second"]
+    print(f"{name}: {flops / 1e9:.2f} GFLOP/image, bare {bare:.2f} img/s, fid pipeline {rate:.2f} img/s "
+          f"(ratio {rate / bare:.2f}, {n} images)", file=sys.stderr)
+    return {"gflops_per_image": flops / 1e9, "bare_images_per_s": bare, "pipeline_images_per_s": rate,
+            "ratio": rate / bare, "images": n, "achieved_gflops_per_s": bare * flops / 1e9}
 
 
 if __name__ == "__main__":

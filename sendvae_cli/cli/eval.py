@@ -1,4 +1,5 @@
-"""`sendvae fid` and `sendvae probe`: judging images and VAEs (docs/fid.md, docs/probe.md)."""
+"""`sendvae fid`, `sendvae probe` and `sendvae recon`: judging images and VAEs (docs/fid.md,
+docs/probe.md, docs/recon.md)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sendvae_cli.cli.app import app, registry, user_errors
 from sendvae_cli.errors import UserError
 
 PROBE_PANEL = "Probe"
+LPIPS_PANEL = "LPIPS"
 
 
 @app.command()
@@ -19,25 +21,33 @@ PROBE_PANEL = "Probe"
 def fid(
     samples: Annotated[str, typer.Argument(metavar="SAMPLES", help="A folder of images or an ADM .npz (arr_0: uint8 N x H x W x 3).", show_default=False)],
     ref: Annotated[str, typer.Option("--ref", help="Reference: a folder of images, an ADM reference batch .npz (mu, sigma, mu_s, sigma_s, arr_0), or statistics saved by --save-stats.", rich_help_panel=o.DATA_PANEL, show_default=False)],
+    extractor: o.Extractor = "inception",
     save_stats: Annotated[Optional[Path], typer.Option(help="Write the statistics of the reference (and its precision/recall features) here, for reuse as --ref.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
     num_samples: Annotated[Optional[int], typer.Option(help="Use only the first N samples (default: all; papers use 50,000).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
-    inception_weights: Annotated[Optional[Path], typer.Option(help="Local weights-inception-2015-12-05-6726825d.pth (the torch-fidelity release file), or a folder holding it.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    inception_weights: o.InceptionWeights = None,
+    teacher_weights: o.ExtractorWeights = None,
+    random_weights: Annotated[bool, typer.Option(help="Build the extractor untrained: a smoke test (warned about), figures mean nothing.", rich_help_panel=o.EXTRACTOR_PANEL)] = False,
+    seed: Annotated[int, typer.Option(help="Seed for --random-weights.", rich_help_panel=o.EXTRACTOR_PANEL)] = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="JSON file with every figure and the protocol (default: SAMPLES.fid.json beside SAMPLES).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 250 on GPU, 32 on CPU).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
     workers: o.Workers = None,
     device: o.Device = "auto",
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse reference statistics cached by content ($SENDVAE_CACHE/fid).", rich_help_panel=o.RUN_PANEL)] = True,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse reference statistics cached by content and extractor ($SENDVAE_CACHE/fid).", rich_help_panel=o.RUN_PANEL)] = True,
     quiet: o.Quiet = False,
 ) -> None:
-    """FID, sFID, Inception Score, precision and recall as the ADM suite computes them (docs/fid.md)."""
+    """FID, sFID, Inception Score, precision and recall as the ADM suite computes them, or the Fréchet distance in a teacher's space (docs/fid.md)."""
     from rich.console import Console
 
     from sendvae_cli.eval.fid import FidOptions, evaluate, render_table
 
+    o.exclusive_weights("--teacher-weights", teacher_weights, random_weights)
+    o.existing(("--teacher-weights", teacher_weights))
+    found = registry() if extractor != "inception" else None
     options = FidOptions(samples=samples, ref=ref, save_stats=save_stats, inception_weights=inception_weights,
-                         batch_size=batch_size, device=device, num_samples=num_samples, json_out=json_out,
+                         extractor=extractor, teacher_weights=teacher_weights, random_weights=random_weights,
+                         seed=seed, batch_size=batch_size, device=device, num_samples=num_samples, json_out=json_out,
                          workers=workers, cache=cache, quiet=quiet)
-    Console().print(render_table(evaluate(options)))
+    Console().print(render_table(evaluate(options, registry=found)))
 
 
 @app.command()
@@ -99,4 +109,62 @@ def probe(
         Console().print(render_table(summary))
         if not quiet:
             Console(stderr=True).print(f"wrote {options.out / 'probe.json'} and {options.out / 'probe.png'}",
+                                       highlight=False)
+
+
+@app.command()
+@user_errors
+def recon(
+    data: Annotated[str, typer.Argument(metavar="DATA", help="A folder of images or a dataset name, e.g. shapes.", show_default=False)],
+    vae: Annotated[Optional[list[str]], typer.Option("--vae", help="[LABEL=]VAE to measure: exported folder (train-vae), base name, diffusers folder or .pt; repeat to compare.", rich_help_panel=o.VAE_PANEL, show_default=False)] = None,
+    extractor: o.Extractor = "inception",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder: recon.json, images/, results/, cache/ (default runs/recon-DATA).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Image side after ADM centre crop (default: the training resolution exported VAEs record, else 256).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    num_images: o.NumImages = None,
+    root: o.Root = None,
+    seed: o.Seed = 0,
+    strict: o.Strict = False,
+    lpips: Annotated[bool, typer.Option("--lpips/--no-lpips", help="Measure LPIPS (VGG16; needs its two weight files, see docs/recon.md).", rich_help_panel=LPIPS_PANEL)] = True,
+    lpips_vgg_weights: Annotated[Optional[Path], typer.Option(help="Local vgg16-397923af.pth (torchvision's VGG16), or a folder holding it.", rich_help_panel=LPIPS_PANEL, show_default=False)] = None,
+    lpips_lin_weights: Annotated[Optional[Path], typer.Option(help="Local vgg.pth (LPIPS v0.1 lin layers), or a folder holding it.", rich_help_panel=LPIPS_PANEL, show_default=False)] = None,
+    inception_weights: o.InceptionWeights = None,
+    teacher_weights: o.ExtractorWeights = None,
+    random_weights: Annotated[bool, typer.Option(help="Build VAE bases given by name, the extractor and LPIPS untrained: a smoke test (warned about).", rich_help_panel=o.VAE_PANEL)] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Row caches (default OUT/cache); share one between runs to reuse them.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass and process (default: 32 on GPU, 8 on CPU).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    workers: o.Workers = None,
+    device: o.Device = "auto",
+    block_rows: o.BlockRows = 1024,
+    quiet: o.Quiet = False,
+) -> None:
+    """Reconstruction quality of VAEs side by side: PSNR, SSIM, LPIPS and rFID / rFD (docs/recon.md)."""
+    from sendvae_cli.eval.probe_features import parse_request
+
+    requests = [parse_request(v, "--vae") for v in vae or []]
+    if not requests:
+        raise UserError("--vae: missing; pass the VAE(s) to measure (repeat --vae to compare)")
+    o.positive(("--block-rows", block_rows), ("--batch-size", batch_size), ("--num-images", num_images))
+    workers = o.workers_or_default(workers)
+    o.existing(("--root", root), ("--teacher-weights", teacher_weights))
+    o.exclusive_weights("--teacher-weights", teacher_weights, random_weights)
+    if not lpips and (lpips_vgg_weights or lpips_lin_weights):
+        raise UserError("--lpips-vgg-weights / --lpips-lin-weights: go with LPIPS, not with --no-lpips")
+    found = registry()
+
+    from rich.console import Console
+
+    from sendvae_cli.eval.probe import data_name
+    from sendvae_cli.eval.recon import ReconOptions, render_table, run_recon
+
+    options = ReconOptions(data=data, requests=requests, out=out or Path("runs") / f"recon-{data_name(data)}",
+                           extractor=extractor, inception_weights=inception_weights, teacher_weights=teacher_weights,
+                           lpips=lpips, lpips_vgg_weights=lpips_vgg_weights, lpips_lin_weights=lpips_lin_weights,
+                           random_weights=random_weights, root=root, resolution=resolution, num_images=num_images,
+                           seed=seed, strict=strict, cache_dir=cache_dir, batch_size=batch_size, workers=workers,
+                           device=device, block_rows=block_rows, quiet=quiet)
+    summary = run_recon(options, found)
+    if summary is not None:
+        Console().print(render_table(summary))
+        if not quiet:
+            Console(stderr=True).print(f"wrote {options.out / 'recon.json'} and {options.out / 'images'}/",
                                        highlight=False)

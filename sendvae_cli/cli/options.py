@@ -20,6 +20,7 @@ DATA_PANEL = "Data"
 TEACHER_PANEL = "Teacher"
 VAE_PANEL = "VAE"
 RUN_PANEL = "Run"
+EXTRACTOR_PANEL = "Extractor"
 
 # ---- data ----------------------------------------------------------------------------------
 Data = Annotated[str, typer.Argument(metavar="DATA", help="A folder of images (class sub-folders give labels) or a dataset name, e.g. shapes.", show_default=False)]
@@ -33,6 +34,11 @@ Strict = Annotated[bool, typer.Option(help="Fail on an unreadable image instead 
 # ---- weights -------------------------------------------------------------------------------
 TeacherWeights = Annotated[Optional[Path], typer.Option(help="Local weights file or folder for the teacher.", rich_help_panel=TEACHER_PANEL, show_default=False)]
 VaeWeights = Annotated[Optional[Path], typer.Option(help="Local weights for the VAE base.", rich_help_panel=VAE_PANEL, show_default=False)]
+
+# ---- feature extractors (fid, recon: the space of the Fréchet distance, docs/fid.md) ------------
+Extractor = Annotated[str, typer.Option(help="inception (FID, the ADM protocol) or a teacher name: dinov2-l gives FD_DINOv2, tv-mobilenet-v2 works offline.", rich_help_panel=EXTRACTOR_PANEL)]
+InceptionWeights = Annotated[Optional[Path], typer.Option(help="Local weights-inception-2015-12-05-6726825d.pth (the torch-fidelity release file), or a folder holding it.", rich_help_panel=EXTRACTOR_PANEL, show_default=False)]
+ExtractorWeights = Annotated[Optional[Path], typer.Option("--teacher-weights", help="Local weights file or folder for a teacher --extractor.", rich_help_panel=EXTRACTOR_PANEL, show_default=False)]
 
 # ---- run -----------------------------------------------------------------------------------
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN_PANEL)]

@@ -1,11 +1,13 @@
 """`sendvae fid`: FID, sFID, Inception Score, precision and recall of samples against a reference.
 
-The pipeline streams images once through the Inception network (torch-fidelity's TF port, on the
-GPU when there is one) and keeps only what the metrics need: float64 running moments of the pool
-(2048) and spatial (2023) features, per-split sums for the Inception Score, and the float32 pool
-features for precision/recall (N x 2048; for the reference at most `pr_reference_cap` rows, an
-evenly strided subset). Reference statistics come from the reference file when it has them, else
-from the cache, else they are computed and cached. See docs/fid.md for the protocol.
+The pipeline streams images once through the extractor (by default the Inception network,
+torch-fidelity's TF port; or a teacher, `extractors.py`; on the GPU when there is one) and keeps
+only what the metrics need: float64 running moments of the features (2048 for Inception, the
+teacher's width otherwise) and, for Inception, of the spatial (2023) features, per-split sums for
+the Inception Score, and the float32 features for precision/recall (N x D; for the reference at
+most `pr_reference_cap` rows, an evenly strided subset). Reference statistics come from the
+reference file when it has them, else from the cache, else they are computed and cached.
+Statistics of one extractor are never compared with another's. See docs/fid.md for the protocol.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import numpy as np
 import torch
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.eval.extractors import INCEPTION, metric_name, open_extractor
 from sendvae_cli.eval.frechet import Moments, frechet_distance
-from sendvae_cli.eval.inception import POOL_DIM, SPATIAL_DIM, InceptionFeatures
 from sendvae_cli.eval.inputs import (
     PROTOCOL_VERSION,
     ImageInput,
@@ -35,6 +37,7 @@ from sendvae_cli.eval.inputs import (
     open_reference,
     read_stats_file,
     save_stats,
+    stats_extractor,
 )
 from sendvae_cli.eval.metrics import IS_SPLITS, PR_NEIGHBOURS, InceptionScore, minimum_counts, precision_recall
 from sendvae_cli.progress import info, progress_bar, warn
@@ -48,6 +51,10 @@ class FidOptions:
     ref: Path | str
     save_stats: Path | None = None
     inception_weights: Path | None = None
+    extractor: str = INCEPTION  # or a registered teacher's name
+    teacher_weights: Path | None = None
+    random_weights: bool = False  # smoke runs: an untrained extractor (warned about)
+    seed: int = 0
     batch_size: int | None = None
     device: str = "auto"
     num_samples: int | None = None
@@ -61,7 +68,7 @@ class FidOptions:
 @dataclass
 class Featurised:
     pool: Moments
-    spatial: Moments
+    spatial: Moments | None
     features: np.ndarray
     inception_score: InceptionScore | None
     seconds: float
@@ -80,22 +87,24 @@ def strided_rows(count: int, cap: int) -> np.ndarray:
     return (np.arange(cap, dtype=np.int64) * count) // cap
 
 
-def featurise(images: ImageInput, extractor: InceptionFeatures, *, batch_size: int, workers: int,
+def featurise(images: ImageInput, extractor, *, batch_size: int, workers: int,
               limit: int | None = None, keep_rows: np.ndarray | None = None, inception_score: bool = False,
               description: str = "Inception features", show: bool = True) -> Featurised:
-    """One pass over the images: running moments, IS sums, and the pool features of `keep_rows` (default all)."""
+    """One pass over the images: running moments, IS sums, and the features of `keep_rows` (default all)."""
     count = limit or images.count
     keep = np.arange(count) if keep_rows is None else keep_rows
-    features = np.empty((len(keep), POOL_DIM), dtype=np.float32)
-    pool_m, spatial_m = Moments(POOL_DIM, extractor.device), Moments(SPATIAL_DIM, extractor.device)
-    score = InceptionScore(count, IS_SPLITS) if inception_score else None
+    features = np.empty((len(keep), extractor.dim), dtype=np.float32)
+    pool_m = Moments(extractor.dim, extractor.device)
+    spatial_m = Moments(extractor.spatial_dim, extractor.device) if extractor.spatial_dim else None
+    score = InceptionScore(count, IS_SPLITS) if inception_score and extractor.has_logits else None
     seen, kept = 0, 0
     start = time.perf_counter()
     with progress_bar(description, total=count, unit="img", show=show) as bar:
         for batch in images.batches(batch_size, limit=count, workers=workers):
             pool, spatial, logits = extractor(batch)
             pool_m.update(pool)
-            spatial_m.update(spatial)
+            if spatial_m is not None:
+                spatial_m.update(spatial)
             if score is not None:
                 score.update(logits)
             # rows of this batch that are kept for precision/recall
@@ -110,7 +119,11 @@ def featurise(images: ImageInput, extractor: InceptionFeatures, *, batch_size: i
     return Featurised(pool_m, spatial_m, features, score, time.perf_counter() - start)
 
 
-def _reference_from_images(ref: Reference, extractor: InceptionFeatures, options: FidOptions,
+def _label(extractor) -> str:
+    return "Inception" if extractor.name == INCEPTION else extractor.name
+
+
+def _reference_from_images(ref: Reference, extractor, options: FidOptions,
                            batch_size: int, workers: int) -> tuple[ReferenceStats, str]:
     """Statistics of the reference's images: from the cache, or computed (and cached)."""
     images = ref.images
@@ -119,7 +132,7 @@ def _reference_from_images(ref: Reference, extractor: InceptionFeatures, options
     cached_path = None
     if options.cache:
         info(f"hashing {images.count} reference images for the statistics cache ...", show=not options.quiet)
-        key = cache_key(images.content_sha256(workers=max(1, workers)), extractor.sha256, cap)
+        key = cache_key(images.content_sha256(workers=max(1, workers)), extractor.sha256, cap, extractor.name)
         cached_path = cache_dir() / f"{key}.npz"
         if cached_path.is_file():
             try:
@@ -127,14 +140,15 @@ def _reference_from_images(ref: Reference, extractor: InceptionFeatures, options
             except UserError as error:
                 warn(f"ignoring a damaged cache entry: {error}")
                 stats = None
-            if stats is not None and stats.meta.get("weights_sha256") == extractor.sha256:
+            if (stats is not None and stats.meta.get("weights_sha256") == extractor.sha256
+                    and stats_extractor(stats) == extractor.name):
                 return stats, "cache"
     done = featurise(images, extractor, batch_size=batch_size, workers=workers,
-                     keep_rows=strided_rows(images.count, cap), description="Inception features: reference",
+                     keep_rows=strided_rows(images.count, cap), description=f"{_label(extractor)} features: reference",
                      show=not options.quiet)
-    stats = ReferenceStats(done.pool.gaussian(), done.spatial.gaussian(), done.features,
-                           {"weights_sha256": extractor.sha256, "source": images.describe(),
-                            "pr_features": len(done.features)})
+    stats = ReferenceStats(done.pool.gaussian(), done.spatial.gaussian() if done.spatial else None, done.features,
+                           {"extractor": extractor.name, "weights_sha256": extractor.sha256,
+                            "source": images.describe(), "pr_features": len(done.features)})
     if cached_path is not None:
         try:
             save_stats(cached_path, stats, stats.meta)
@@ -143,16 +157,20 @@ def _reference_from_images(ref: Reference, extractor: InceptionFeatures, options
     return stats, "computed"
 
 
-def resolve_reference(ref: Reference, extractor: InceptionFeatures, options: FidOptions, batch_size: int,
+def resolve_reference(ref: Reference, extractor, options: FidOptions, batch_size: int,
                       workers: int) -> tuple[ReferenceStats, dict[str, Any]]:
     """The statistics and features the metrics use, and where each came from."""
     provenance: dict[str, Any] = {}
     file_stats = ref.stats
     if file_stats is not None and ref.kind == "stats":
+        made_by = stats_extractor(file_stats)
+        if made_by != extractor.name:
+            raise UserError(f"--ref {ref.path}: statistics of extractor {made_by}, this run uses {extractor.name}; "
+                            f"pass --extractor {made_by}, or the reference images to compute {extractor.name}'s")
         made_with = file_stats.meta.get("weights_sha256")
         if made_with and made_with != extractor.sha256:
-            raise UserError(f"--ref {ref.path}: statistics were computed with Inception weights sha256 {made_with[:12]}..., "
-                            f"this run uses {extractor.sha256[:12]}...; recompute them with these weights")
+            raise UserError(f"--ref {ref.path}: statistics were computed with {_label(extractor)} weights sha256 "
+                            f"{made_with[:12]}..., this run uses {extractor.sha256[:12]}...; recompute them with these weights")
     if file_stats is not None and ref.kind == "adm-reference" and not extractor.is_release:
         warn(f"--ref {ref.path}: ADM reference statistics come from the release Inception weights, this run uses other "
              f"weights (sha256 {extractor.sha256[:12]}...): FID against them means nothing")
@@ -175,13 +193,23 @@ def resolve_reference(ref: Reference, extractor: InceptionFeatures, options: Fid
         if features is None:
             features, provenance["precision_recall"] = from_images.features, "images"
     assert pool is not None
-    meta = {"weights_sha256": extractor.sha256, "source": ref.describe()}
+    meta = {"extractor": extractor.name, "weights_sha256": extractor.sha256, "source": ref.describe()}
     return ReferenceStats(pool, spatial, features, meta), provenance
 
 
-def _check_counts(samples: ImageInput, count: int, ref: Reference) -> None:
+def _teacher_reference(ref: Reference, extractor) -> Reference:
+    """An ADM reference batch holds Inception statistics: another extractor uses its images only."""
+    if extractor.name == INCEPTION or ref.kind != "adm-reference":
+        return ref
+    if ref.images is None:
+        raise UserError(f"--ref {ref.path}: holds Inception statistics (mu, sigma) and no images (arr_0); "
+                        f"--extractor {extractor.name} needs the reference images")
+    return Reference(ref.path, "npz-images", images=ref.images)
+
+
+def _check_counts(samples: ImageInput, count: int, ref: Reference, inception_score: bool = True) -> None:
     need = minimum_counts()
-    if count < need["inception_score"]:
+    if inception_score and count < need["inception_score"]:
         raise UserError(f"SAMPLES {samples.path}: {count} image(s); the Inception Score ({IS_SPLITS} splits) needs at "
                         f"least {need['inception_score']}")
     if ref.stats is None or ref.stats.features is None:
@@ -205,7 +233,7 @@ def _pick_device(requested: str) -> torch.device:
         raise UserError(f"--device {requested}: {error}") from None
 
 
-def evaluate(options: FidOptions, extractor: InceptionFeatures | None = None) -> dict[str, Any]:
+def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, Any]:
     """Every figure and the protocol, as written to the JSON file (which is written here too)."""
     started = time.perf_counter()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -224,44 +252,59 @@ def evaluate(options: FidOptions, extractor: InceptionFeatures | None = None) ->
             raise UserError(f"--num-samples {options.num_samples}: SAMPLES {options.samples} holds only {samples.count} images")
         count = options.num_samples
     ref = open_reference(options.ref, max(1, workers))
-    _check_counts(samples, count, ref)
+    _check_counts(samples, count, ref, inception_score=options.extractor == INCEPTION)
     json_path = Path(options.json_out).expanduser() if options.json_out else default_json_path(options.samples)
 
     if extractor is None:
-        extractor = InceptionFeatures.load(options.inception_weights, _pick_device(options.device))
-    if not extractor.is_release:
+        extractor = open_extractor(options.extractor, registry=registry, device=_pick_device(options.device),
+                                   inception_weights=options.inception_weights, teacher_weights=options.teacher_weights,
+                                   random_weights=options.random_weights, seed=options.seed)
+    if options.random_weights:
+        warn(f"extractor {extractor.name} has random weights (--random-weights): a smoke test; its figures mean nothing")
+    elif not extractor.is_release and extractor.name == INCEPTION:
         warn(f"Inception weights {extractor.path or ''} (sha256 {extractor.sha256[:12]}...) are not torch-fidelity's "
              f"release file: figures are not comparable with published numbers")
+    ref = _teacher_reference(ref, extractor)
     device = extractor.device
     batch_size = options.batch_size or (250 if device.type == "cuda" else 32)
 
     reference, provenance = resolve_reference(ref, extractor, options, batch_size, workers)
     done = featurise(samples, extractor, batch_size=batch_size, workers=workers, limit=count, inception_score=True,
-                     description="Inception features: samples", show=not options.quiet)
-    sample_pool, sample_spatial = done.pool.gaussian(), done.spatial.gaussian()
+                     description=f"{_label(extractor)} features: samples", show=not options.quiet)
+    sample_pool = done.pool.gaussian()
     fid = frechet_distance(sample_pool, reference.pool)
-    sfid = frechet_distance(sample_spatial, reference.spatial) if reference.spatial is not None else None
-    is_mean, is_std = done.inception_score.result()
+    sfid = None
+    if done.spatial is not None and reference.spatial is not None:
+        sfid = frechet_distance(done.spatial.gaussian(), reference.spatial)
+    is_mean = is_std = None
+    if done.inception_score is not None:
+        is_mean, is_std = done.inception_score.result()
     precision = recall = None
     if reference.features is not None:
         precision, recall = precision_recall(reference.features, done.features, PR_NEIGHBOURS, device=device)
     if options.save_stats is not None:
         save_stats(options.save_stats, reference, {**reference.meta, "from": provenance})
 
+    inception = extractor.name == INCEPTION
+    metrics: dict[str, Any] = {"fid" if inception else "fd": fid, "sfid": sfid, "inception_score": is_mean,
+                               "inception_score_std": is_std, "precision": precision, "recall": recall}
     result = {
-        "metrics": {"fid": fid, "sfid": sfid, "inception_score": is_mean, "inception_score_std": is_std,
-                    "precision": precision, "recall": recall},
+        "extractor": extractor.name,
+        "fd_name": metric_name(extractor.name),
+        "metrics": metrics,
         "samples": {**samples.describe(), "used": count},
         "reference": {**ref.describe(), "statistics_count": reference.pool.count,
                       "precision_recall_features": None if reference.features is None else len(reference.features),
                       "from": provenance,
                       "saved_to": str(options.save_stats) if options.save_stats else None},
         "protocol": {
-            "suite": "ADM (openai/guided-diffusion evaluations/evaluator.py)",
+            "suite": "ADM (openai/guided-diffusion evaluations/evaluator.py)" if inception else
+                     f"Fréchet distance and precision/recall in {extractor.name}'s feature space (as dgm-eval, "
+                     f"Stein et al. 2023); sFID and the Inception Score exist only with Inception",
             "version": PROTOCOL_VERSION,
             "extractor": extractor.describe(),
             "fid": "float64; tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)); unbiased covariance (n - 1)",
-            "inception_score": {"splits": IS_SPLITS, "order": "consecutive, as given"},
+            "inception_score": {"splits": IS_SPLITS, "order": "consecutive, as given"} if inception else None,
             "precision_recall": {"k": PR_NEIGHBOURS, "distance": "squared Euclidean, float32"},
             "batch_size": batch_size,
             "standard_sample_count": ADM_SAMPLES,
@@ -272,6 +315,9 @@ def evaluate(options: FidOptions, extractor: InceptionFeatures | None = None) ->
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "json": str(json_path),
     }
+    if not inception:
+        result["not_applicable"] = {"sfid": "Inception only (mixed_6/conv features)",
+                                    "inception_score": "Inception only (ImageNet class logits)"}
     if not np.isfinite(fid):  # cannot happen with the eigh square root; guard the file anyway
         raise UserError(f"FID is not finite ({fid}); check the reference statistics")
     _write_json(json_path, result)
@@ -296,7 +342,10 @@ def render_table(result: dict[str, Any]):
     from rich.table import Table
 
     m = result["metrics"]
-    table = Table(title="sendvae fid (ADM suite)", title_justify="left")
+    name = result.get("extractor", INCEPTION)
+    inception = name == INCEPTION
+    title = "sendvae fid (ADM suite)" if inception else f"sendvae fid: Fréchet distance in {name}'s feature space"
+    table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("definition", style="dim")
@@ -304,17 +353,23 @@ def render_table(result: dict[str, Any]):
     def show(value, digits=4):
         return "-" if value is None else f"{value:.{digits}f}"
 
-    table.add_row("FID", show(m["fid"]), "pool_3 (2048), Fréchet distance")
-    table.add_row("sFID", show(m["sfid"]), "mixed_6/conv first 7 channels (2023)")
-    table.add_row("Inception Score", f"{show(m['inception_score'], 2)} ± {show(m['inception_score_std'], 2)}",
-                  f"{IS_SPLITS} splits")
+    weights = result["protocol"]["extractor"]
+    if inception:
+        table.add_row("FID", show(m["fid"]), "pool_3 (2048), Fréchet distance")
+        table.add_row("sFID", show(m["sfid"]), "mixed_6/conv first 7 channels (2023)")
+        table.add_row("Inception Score", f"{show(m['inception_score'], 2)} ± {show(m['inception_score_std'], 2)}",
+                      f"{IS_SPLITS} splits")
+    else:
+        table.add_row(result.get("fd_name", f"FD_{name}"), show(m["fd"]),
+                      f"{name}: {weights['fd_features']}, Fréchet distance")
+        table.add_row("sFID", "n/a", "Inception only")
+        table.add_row("Inception Score", "n/a", "Inception only")
     table.add_row("Precision", show(m["precision"]), f"k = {PR_NEIGHBOURS}")
     table.add_row("Recall", show(m["recall"]), f"k = {PR_NEIGHBOURS}")
     s, r = result["samples"], result["reference"]
-    weights = result["protocol"]["extractor"]
     caption = (f"samples: {s['used']} of {s['images']} ({s['kind']}, {s['image_size'][0]}x{s['image_size'][1]}) | "
                f"reference: {r['kind']}, statistics of {r['statistics_count'] or '?'} images, P/R features "
-               f"{r['precision_recall_features'] or '-'} | weights sha256 {weights['weights_sha256'][:12]}"
+               f"{r['precision_recall_features'] or '-'} | {name} weights sha256 {weights['weights_sha256'][:12]}"
                f"{'' if weights['release_weights'] else ' (NOT the release file)'} | {result['json']}")
     if s["used"] != ADM_SAMPLES:
         caption += f" | papers use {ADM_SAMPLES:,} samples"

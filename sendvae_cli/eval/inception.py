@@ -160,6 +160,11 @@ def exact_float32() -> Iterator[None]:
 class InceptionFeatures:
     """uint8 NCHW images -> (pool 2048, spatial 2023, unbiased logits 1008), float32, on `device`."""
 
+    name = "inception"  # the extractor name statistics files and caches record
+    dim = POOL_DIM
+    spatial_dim = SPATIAL_DIM
+    has_logits = True
+
     def __init__(self, state: dict[str, torch.Tensor], sha256: str, path: Path | None = None,
                  device: torch.device | str = "cpu"):
         self.model = _architecture(["2048", "logits_unbiased"], meta=True)
@@ -200,6 +205,7 @@ class InceptionFeatures:
         import torch_fidelity
 
         return {
+            "kind": "inception",
             "name": "torch-fidelity FeatureExtractorInceptionV3 (TF Inception-v3 2015-12-05, as ADM's classify_image_graph_def.pb)",
             "torch_fidelity": torch_fidelity.__version__,
             "weights_path": str(self.path) if self.path else None,

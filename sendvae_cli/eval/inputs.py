@@ -15,11 +15,13 @@ Reference (`--ref`)
   used as they are; its `arr_0` images (10,000 in ADM's batches) give precision/recall features;
 - statistics written by `--save-stats` (or the cache): `mu`, `sigma`, `mu_s`, `sigma_s`, the pool
   features `features` (float32) for precision/recall, and `sendvae_fid`, a JSON string with the
-  producer, the Inception weights' sha256 and the counts.
+  producer, the extractor (`inception` when absent: files from before extractors were
+  selectable), its weights' sha256 and the counts. With a teacher extractor `mu`, `sigma` and
+  `features` are in its space (its width) and there are no `mu_s`, `sigma_s`.
 
 Statistics computed from a folder or an `.npz` of images are cached under
 `$SENDVAE_CACHE/fid` (default `~/.cache/sendvae/fid`), keyed by the sha256 of the images' bytes
-(and relative paths), the Inception weights and the protocol version, so a reference is
+(and relative paths), the extractor and its weights, and the protocol version, so a reference is
 featurised once however often it is used.
 """
 
@@ -48,6 +50,7 @@ STATS_FORMAT = "sendvae-fid-stats"
 STATS_VERSION = 1
 PROTOCOL_VERSION = 1  # bump when features or statistics change: cached statistics are keyed by it
 STATS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+INCEPTION = "inception"  # the extractor of statistics files that do not name one
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,6 +298,22 @@ def _float_array(data, key: str, shape: tuple[int, ...], option: str, path: Path
     return value
 
 
+def _feature_dim(data, option: str, path: Path) -> int:
+    """The width of a teacher's statistics, from `mu`."""
+    try:
+        shape = data["mu"].shape
+    except Exception as error:  # noqa: BLE001 - a damaged member
+        raise UserError(f"{option} {path}: cannot read mu ({one_line(error)})") from None
+    if len(shape) != 1 or shape[0] < 1:
+        raise UserError(f"{option} {path}: mu has shape {tuple(shape)}; expected (D,)")
+    return int(shape[0])
+
+
+def stats_extractor(stats: ReferenceStats) -> str:
+    """The extractor statistics were computed with (files without the field are Inception's)."""
+    return str(stats.meta.get("extractor", INCEPTION))
+
+
 def read_stats_file(path: Path, option: str = "--ref") -> tuple[ReferenceStats | None, set[str]]:
     """Statistics in an .npz (ADM reference batch or ours) and the set of member names."""
     try:
@@ -319,18 +338,20 @@ def read_stats_file(path: Path, option: str = "--ref") -> tuple[ReferenceStats |
             except Exception:  # noqa: BLE001
                 raise UserError(f"{option} {path}: sendvae_fid is not valid JSON") from None
         count = meta.get("count")
-        pool = Gaussian(_float_array(data, "mu", (POOL_DIM,), option, path),
-                        _float_array(data, "sigma", (POOL_DIM, POOL_DIM), option, path), count)
+        extractor = meta.get("extractor", INCEPTION)
+        dim = POOL_DIM if extractor == INCEPTION else _feature_dim(data, option, path)
+        pool = Gaussian(_float_array(data, "mu", (dim,), option, path),
+                        _float_array(data, "sigma", (dim, dim), option, path), count)
         spatial = None
-        if {"mu_s", "sigma_s"} <= names:
+        if {"mu_s", "sigma_s"} <= names and extractor == INCEPTION:
             spatial = Gaussian(_float_array(data, "mu_s", (SPATIAL_DIM,), option, path),
                                _float_array(data, "sigma_s", (SPATIAL_DIM, SPATIAL_DIM), option, path), count)
         features = None
         if "features" in names:
             features = data["features"]
-            if features.ndim != 2 or features.shape[1] != POOL_DIM or features.dtype.kind != "f":
+            if features.ndim != 2 or features.shape[1] != dim or features.dtype.kind != "f":
                 raise UserError(f"{option} {path}: features is {features.dtype} {tuple(features.shape)}; "
-                                f"expected float (N, {POOL_DIM})")
+                                f"expected float (N, {dim})")
             features = features.astype(np.float32, copy=False)
     return ReferenceStats(pool, spatial, features, meta), names
 
@@ -385,6 +406,8 @@ def cache_dir() -> Path:
     return base / "fid"
 
 
-def cache_key(content_sha256: str, weights_sha256: str, pr_cap: int) -> str:
+def cache_key(content_sha256: str, weights_sha256: str, pr_cap: int, extractor: str = INCEPTION) -> str:
     text = f"v{PROTOCOL_VERSION}|{content_sha256}|{weights_sha256}|pr{pr_cap}"
+    if extractor != INCEPTION:  # Inception's keys stay what they were: existing caches keep working
+        text += f"|{extractor}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -4,6 +4,11 @@ A teacher owns its input handling: it resizes the image so that its token grid i
 `resolution / TOKEN_STRIDE` on each side (REPA's convention: 256 px -> 224 px for a patch-14
 model, 256 px for a patch-16 model; both give 16 x 16 tokens), applies its own mean/std, runs
 frozen in eval mode without gradients, and drops prefix (CLS / register) tokens.
+
+Feature-space metrics (`sendvae fid --extractor NAME`) need one vector per image instead:
+`global_features(images, size)`. By default it is the patch tokens averaged over positions, so
+every teacher has one; a teacher whose standard global feature is something else (the CLS token
+of DINOv2, which FD_DINOv2 uses) overrides `pooled(pixels)`.
 """
 
 from __future__ import annotations
@@ -80,6 +85,38 @@ class Teacher(nn.Module):
         if tuple(out.shape) != expected:
             raise RuntimeError(f"teacher {self.name!r} returned tokens {tuple(out.shape)}, expected {expected}")
         return out
+
+    # -- one vector per image ----------------------------------------------------------------
+    def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        """One vector per image (B, width) from normalised pixels of any size the model takes.
+
+        Default: the patch tokens averaged over positions (for a CNN, its global average pool).
+        Override where another feature is the standard global one (a ViT's CLS token).
+        """
+        return self.tokens(pixels).float().mean(dim=1)
+
+    @torch.no_grad()
+    def global_features(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """(B, width) for images in [-1, 1] (NCHW).
+
+        `size`: the square side the model sees (bicubic, antialiased; no resize when the images
+        already have it), as feature-space metrics fix their input size. None: the token-grid
+        size of `forward`.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"teacher {self.name!r} expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if size is None:
+            pixels = self.preprocess(images)
+        else:
+            x = (images.float() + 1.0) / 2.0
+            if tuple(x.shape[-2:]) != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+            pixels = (x - self.pixel_mean) / self.pixel_std
+        out = self.pooled(pixels)
+        if tuple(out.shape) != (images.shape[0], self.width):
+            raise RuntimeError(f"teacher {self.name!r} returned global features {tuple(out.shape)}, "
+                               f"expected {(images.shape[0], self.width)}")
+        return out.float()
 
     def freeze(self) -> "Teacher":
         self.requires_grad_(False)

@@ -17,11 +17,19 @@ HF = "sendvae_cli.teachers.hf_vit:build"
 TIMM_TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
+# The global feature (`Teacher.global_features`) each family is usually read out with: the CLS
+# token of the final norm output for DINO models (FD_DINOv2), the mean of patch tokens for MAE.
+GLOBAL_FEATURE = {"DINOv2": "cls", "DINOv3": "cls", "MAE": "mean"}
+
+
 def _timm(name, family, width, patch, model, licence, aliases=()):
+    options = {"timm_model": model, "global_feature": GLOBAL_FEATURE[family]}
+    if family == "DINOv2":
+        options["pos_embed"] = "dinov2"  # resampled as DINOv2's own code does (see timm_vit.py)
     return TeacherSpec(
         name=name, family=family, width=width, patch_size=patch, factory=TIMM,
         source=f"timm:{model}", licence=licence, aliases=tuple(aliases),
-        options={"timm_model": model}, tiny=TIMM_TINY,
+        options=options, tiny=TIMM_TINY,
     )
 
 
