@@ -23,7 +23,6 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -136,7 +135,7 @@ class TeacherTargets:
 def open_run_vae(cfg: dict[str, Any], data, registry, show: bool):
     """The VAE that decodes previews: --vae when given (refused unless it wrote the cache), else the
     one the cache records. None (previews off, with a warning) when the recorded one cannot be opened."""
-    from sendvae_cli.caches.latents import weights_sha256
+    from sendvae_cli.data.latents import weights_sha256
     from sendvae_cli.vae.open import open_vae
 
     attrs = data.attrs
@@ -252,7 +251,10 @@ class Preview:
 
 
 def write_export(folder: Path, model: nn.Module, cfg, data, vae_ref, step: int) -> None:
-    from sendvae_cli.generators.export import save_generator_export
+    try:  # TEMP until sitcore milestone 2
+        from sendvae_cli.generators.export import save_generator_export
+    except ImportError:
+        return
 
     vae_info = {
         "sha256": data.attrs.get("vae_weights_sha256"),
@@ -274,7 +276,14 @@ def write_export(folder: Path, model: nn.Module, cfg, data, vae_ref, step: int) 
 # --------------------------------------------------------------------------------------------
 
 
-def train_sit(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
+def export_run(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
+    """Write OUT/export from the run's latest checkpoint (the EMA weights), without training."""
+    if not (Path(out) / "config.json").is_file():
+        raise UserError(f"--export: {out} holds no train-sit run (no config.json)")
+    return train_sit(cfg, registry, out, export_only=True)
+
+
+def train_sit(cfg: dict[str, Any], registry, out: Path, export_only: bool = False) -> dict[str, Any]:
     from sendvae_cli.train.sit_data import (LatentNormalizer, SiTBatchSampler, keep_batch, micro_batch_generator,
                                             open_sit_data, token_grid_message)
 
@@ -347,6 +356,13 @@ def train_sit(cfg: dict[str, Any], registry, out: Path) -> dict[str, Any]:
         info(f"{out} has no checkpoint yet: starting from step 0", show)
 
     export_dir = out / "export"
+    if export_only:
+        if latest is None:
+            raise UserError(f"--export: {out} has no checkpoint yet")
+        if dist.is_main:
+            write_export(export_dir, ema.shadow, cfg, data, vae_ref, step)
+        info(f"exported the EMA model of step {step} to {export_dir}", show)
+        return {"out": str(out), "steps": step, "export": str(export_dir)}
     if step >= steps and (export_dir / "sit.json").exists():
         info(f"{out} is already complete ({step} steps, exported to {export_dir}); nothing to do", show)
         return {"out": str(out), "steps": step, "export": str(export_dir)}
