@@ -43,7 +43,7 @@ COMMON = {
     "cfg_prob": 0.1, "time_schedule": "uniform", "proj_weight": 0.5, "precision": "auto", "keep_checkpoints": 2,
     "flip": "auto", "num_classes": None, "latent_stats": None, "preview_count": 16, "preview_steps": 50,
     "preview_cfg": 1.0, "steps": None, "epochs": None, "attention": "auto", "compile": False, "qk_norm": False,
-    "encoder_depth": None,
+    "encoder_depth": None, "projector_width": None,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # The published recipe (REPA / REPA-E train_ldm_only, and the paper's SiT-XL/1 runs): REPA on
@@ -52,7 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                   ema=0.9999, log_every=100, checkpoint_every=10_000, sample_every=10_000),
     # CPU minutes: a 2-block SiT on a small cache; the EMA is short enough to follow a few thousand steps.
     "tiny": dict(COMMON, model="SiT-tiny/1", teacher="dinov2-s", batch_size=32, micro_batch=32, steps=300,
-                 ema=0.999, log_every=10, checkpoint_every=100, sample_every=100, preview_steps=25),
+                 ema=0.999, projector_width=256, log_every=10, checkpoint_every=100, sample_every=100,
+                 preview_steps=25),
 }
 # Options that may differ between a run and its resume without changing its result.
 RUN_ONLY = ("workers", "quiet", "device", "log_every", "checkpoint_every", "sample_every", "keep_checkpoints",
@@ -91,8 +92,9 @@ def build_model(cfg: dict[str, Any], registry, data, teacher_width: int | None) 
     overrides: dict[str, Any] = {"input_size": size, "in_channels": channels, "num_classes": data.num_classes,
                                  "class_dropout": cfg["cfg_prob"], "qk_norm": cfg["qk_norm"],
                                  "projector_dims": [teacher_width] if teacher_width else []}
-    if cfg.get("encoder_depth"):
-        overrides["encoder_depth"] = cfg["encoder_depth"]
+    for key in ("encoder_depth", "projector_width"):
+        if cfg.get(key):
+            overrides[key] = cfg[key]
     torch.manual_seed(cfg["seed"])
     try:
         model = spec.build(**overrides)
@@ -251,10 +253,7 @@ class Preview:
 
 
 def write_export(folder: Path, model: nn.Module, cfg, data, vae_ref, step: int) -> None:
-    try:  # TEMP until sitcore milestone 2
-        from sendvae_cli.generators.export import save_generator_export
-    except ImportError:
-        return
+    from sendvae_cli.generators.export import save_generator_export
 
     vae_info = {
         "sha256": data.attrs.get("vae_weights_sha256"),
