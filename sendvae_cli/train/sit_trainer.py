@@ -240,10 +240,7 @@ class Preview:
 
         model = unwrap_compiled(unwrap(model))
 
-        def velocity(x, t, y):
-            return model(x.float(), t.float().expand(x.shape[0]) if t.ndim == 0 else t.float(), y).to(x.dtype)
-
-        z = ode_sample(velocity, self.noise, self.labels, steps=self.cfg["preview_steps"],
+        z = ode_sample(model, self.noise, self.labels, steps=self.cfg["preview_steps"],
                        cfg_scale=self.cfg["preview_cfg"], num_classes=self.data.num_classes).float()
         images = self.vae.decode(self.normalizer.denormalize(z))
         images = images.sample if hasattr(images, "sample") else images
@@ -373,7 +370,8 @@ def train_sit(cfg: dict[str, Any], registry, out: Path, export_only: bool = Fals
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        objective = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None)
+        objective = DDP(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                        broadcast_buffers=False)  # the only buffers are fixed statistics
 
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=dist.is_main)
     preview = Preview(cfg, data, vae.model.to(device).eval(), normalizer, device) if (vae and dist.is_main) else None
