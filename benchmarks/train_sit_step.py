@@ -54,15 +54,20 @@ def cpu_peak_tflops() -> float:
     return (os.cpu_count() or 1) * mhz * 1e6 * 32 / 1e12
 
 
-def timed(fn, repeats: int, sync) -> float:
-    fn()  # warm-up
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def timed_interleaved(fns: dict, repeats: int, sync) -> dict[str, dict[str, float]]:
+    """Best wall and process-CPU seconds of each function, timed in turns (A B C A B C ...) so that
+    load from other processes on a shared machine hits every variant alike."""
+    for fn in fns.values():  # warm-up
         fn()
         sync()
-        best = min(best, time.perf_counter() - t0)
+    best = {name: {"wall_s": float("inf"), "cpu_s": float("inf")} for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            best[name]["wall_s"] = min(best[name]["wall_s"], time.perf_counter() - w0)
+            best[name]["cpu_s"] = min(best[name]["cpu_s"], time.process_time() - c0)
     return best
 
 
@@ -235,33 +240,35 @@ def main() -> None:
     with FlopCounterMode(display=False) as flops:
         whole_step()
     step_flops = flops.get_total_flops()
-    whole_s = timed(whole_step, args.repeats, sync)
-    bare_s = timed(bare_step, args.repeats, sync)
+    variants = {"whole": whole_step, "bare": bare_step}
+    repae_params = None
+    if args.repae is not None:
+        variants["repae"], repae_params = repae_step_fn(args.repae, args, channels, height, args.teacher_width,
+                                                        device, autocast, (mean, std, labels, tokens))
+    times = timed_interleaved(variants, args.repeats, sync)
     peak = args.peak_tflops or (989.0 if device.type == "cuda" and bf16 else (67.0 if device.type == "cuda" else cpu_peak_tflops()))
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch_threads": torch.get_num_threads(), "precision": precision, "compile": args.compile,
         "model": args.model, "latent": [channels, height, width], "tokens": tokens_n,
-        "teacher_width": args.teacher_width, "batch": args.batch,
+        "teacher_width": args.teacher_width, "batch": args.batch, "repeats": args.repeats,
         "params": sum(p.numel() for p in model.parameters()),
         "step_tflop": step_flops / 1e12, "peak_tflops": peak,
-        "whole": {"step_s": whole_s, "images_per_s": args.batch / whole_s,
-                  "achieved_tflops": step_flops / whole_s / 1e12, "mfu": step_flops / whole_s / 1e12 / peak},
-        "bare": {"step_s": bare_s, "images_per_s": args.batch / bare_s},
-        "whole_over_bare": bare_s / whole_s,
     }
-    if args.repae is not None:
-        step, params = repae_step_fn(args.repae, args, channels, height, args.teacher_width, device, autocast,
-                                     (mean, std, labels, tokens))
-        repae_s = timed(step, args.repeats, sync)
-        result["repae"] = {"step_s": repae_s, "images_per_s": args.batch / repae_s, "params": params,
-                           "achieved_tflops": step_flops / repae_s / 1e12}
-        result["whole_over_repae"] = repae_s / whole_s
+    for name, t in times.items():
+        result[name] = dict(t, images_per_s=args.batch / t["wall_s"],
+                            achieved_tflops=step_flops / t["wall_s"] / 1e12,
+                            mfu=step_flops / t["wall_s"] / 1e12 / peak)
+    # How much of the bare model's speed the whole step keeps (1.0 = no overhead at all).
+    result["whole_vs_bare"] = {k: times["bare"][k] / times["whole"][k] for k in ("wall_s", "cpu_s")}
+    if repae_params is not None:
+        result["repae"]["params"] = repae_params
+        result["whole_vs_repae"] = {k: times["repae"][k] / times["whole"][k] for k in ("wall_s", "cpu_s")}
     if not args.no_data:
         workers = [0, 1, 2]
         result["data"] = data_rate((channels, height, width), (tokens_n, args.teacher_width), args.data_rows,
                                    args.batch, workers, args.data_seconds)
-        result["data"]["step_consumes_per_s"] = args.batch / whole_s
+        result["data"]["step_consumes_per_s"] = args.batch / times["whole"]["wall_s"]
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import one_line_error, run_cli
+from conftest import invoke, one_line_error, run_cli
 
 RES = "64"
 
@@ -152,7 +152,7 @@ def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(caches, reference,
     latents = caches["latents"]
     untouched = {p: p.read_bytes() for p in (reference / "config.json", reference / "export" / "sit.json")}
     # Teacher tokens on another grid than the SiT's: names the patch size that fits.
-    proc = run_cli("train-sit", *tiny(latents, "--model", "SiT-tiny/2"), "--out", tmp_path / "a", check=False)
+    proc = invoke("train-sit", *tiny(latents, "--model", "SiT-tiny/2"), "--out", tmp_path / "a")
     one_line_error(proc, "teacher tokens form a 4x4 grid", "SiT-tiny/2 sees 2x2", "patch size 1 fits")
     assert not (tmp_path / "a" / "checkpoints").exists()
     # Rows missing from the image source (a folder of other images).
@@ -164,14 +164,14 @@ def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(caches, reference,
         Image.new("RGB", (64, 64), (200, 10 * i, 0)).save(folder / f"{i}.png")
     args = tiny(latents)
     args[args.index("--images") + 1] = str(tmp_path / "pictures")
-    proc = run_cli("train-sit", *args, "--out", tmp_path / "b", check=False)
+    proc = invoke("train-sit", *args, "--out", tmp_path / "b")
     one_line_error(proc, "--images", "64 of the 64 latent rows are missing")
     # Rows missing from a feature cache (extracted from fewer images).
     few = root / "few.h5"
     run_cli("extract", "shapes", "--teacher", "dinov2-s", "--random-weights", "--num-images", "16",
             "--resolution", RES, "--workers", "0", "--quiet", "--out", few)
     args = [a for a in tiny(latents) if a not in ("--images", "shapes")]
-    proc = run_cli("train-sit", *args, "--teacher-features", few, "--out", tmp_path / "c", check=False)
+    proc = invoke("train-sit", *args, "--teacher-features", few, "--out", tmp_path / "c")
     one_line_error(proc, "--teacher-features", "48 of the 64 latent rows are missing")
     # A VAE that did not write the cache.
     from sendvae_cli.vae.autoencoder import AutoencoderKL
@@ -179,15 +179,15 @@ def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(caches, reference,
 
     torch.manual_seed(11)
     export_vae(AutoencoderKL("tiny-f16d8"), tmp_path / "stranger")
-    proc = run_cli("train-sit", *tiny(latents), "--vae", tmp_path / "stranger", "--out", tmp_path / "d", check=False)
+    proc = invoke("train-sit", *tiny(latents), "--vae", tmp_path / "stranger", "--out", tmp_path / "d")
     one_line_error(proc, "written by another VAE")
     # The run's cache rewritten by another VAE: the run refuses to continue, nothing is overwritten.
     rewritten = root / "rewritten.h5"
     run_cli("cache-latents", "shapes", "--vae", "tiny", "--random-weights", "--seed", "5", "--num-images", "64",
             "--resolution", RES, "--flip", "--workers", "0", "--quiet", "--out", rewritten)
-    proc = run_cli("train-sit", *tiny(rewritten), "--out", reference, check=False)
+    proc = invoke("train-sit", *tiny(rewritten), "--out", reference)
     one_line_error(proc, "written by another VAE", "than the one run")
     assert all(p.read_bytes() == b for p, b in untouched.items())
     # REPA without a source of teacher tokens.
-    proc = run_cli("train-sit", *args, "--out", tmp_path / "e", check=False)
+    proc = invoke("train-sit", *args, "--out", tmp_path / "e")
     one_line_error(proc, "--teacher-features", "--images", "--proj-weight 0")
