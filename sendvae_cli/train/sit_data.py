@@ -35,9 +35,9 @@ import h5py
 import numpy as np
 import torch
 
-from sendvae_cli.data.latent_dataset import LatentDataset
+from sendvae_cli.caches.latent_dataset import LatentDataset
 from sendvae_cli.errors import UserError
-from sendvae_cli.train.sampler import StreamBatchSampler
+from sendvae_cli.train.batches import StreamBatchSampler
 
 FLIP_MODES = ("auto", "random", "none")
 
