@@ -143,7 +143,7 @@ def data_rate(shape, tokens_shape, rows: int, batch: int, workers_list, seconds:
         for with_tokens in (False, True):
             dataset = SiTRows(LatentDataset(latents), features=features if with_tokens else None)
             for workers in workers_list:
-                sampler = SiTBatchSampler(rows, batch, 1, 0, 1, seed=0, flip=True)
+                sampler = SiTBatchSampler(rows, batch, 1, 0, 1, seed=0, flip=not with_tokens)
                 loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                                      collate_fn=keep_batch, persistent_workers=workers > 0,
                                                      prefetch_factor=4 if workers else None)
@@ -178,7 +178,8 @@ def main() -> None:
     p.add_argument("--repae", type=Path, default=None, help="a checkout of REPA-E (their models/sit.py is imported)")
     p.add_argument("--data-rows", type=int, default=2048)
     p.add_argument("--data-seconds", type=float, default=4.0)
-    p.add_argument("--no-data", action="store_true")
+    p.add_argument("--no-data", action="store_true", help="skip the data pipeline measurement")
+    p.add_argument("--data-only", action="store_true", help="measure the data pipeline only")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -190,6 +191,18 @@ def main() -> None:
     precision = "bf16" if bf16 else "fp32"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     channels, height, width = (int(v) for v in args.latent.split("x"))
+
+    if args.data_only:
+        tokens_n = height * width // int(args.model.rsplit("/", 1)[1]) ** 2
+        result = {"device": f"cpu ({os.cpu_count()} cores)", "latent": [channels, height, width], "tokens": tokens_n,
+                  "teacher_width": args.teacher_width, "batch": args.batch,
+                  "data": data_rate((channels, height, width), (tokens_n, args.teacher_width), args.data_rows,
+                                    args.batch, [0, 1, 2], args.data_seconds)}
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        return
 
     torch.manual_seed(0)
     model = build_sit(args.model, input_size=height, in_channels=channels, num_classes=args.num_classes,

@@ -133,8 +133,10 @@ class FeatureCache:
             self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
         rows = self.index[np.asarray(latent_rows, dtype=np.int64)]
         out = np.empty((len(rows), self.grid[0] * self.grid[1], self.width), np.float16)
+        arrays = (self._file["tokens"], self._file["tokens_flip"] if self.has_flip else None)
         for j, (row, view) in enumerate(zip(rows, views)):
-            out[j] = self._file["tokens_flip" if view else "tokens"][int(row)]
+            # one row at a time: h5py's fancy indexing is 25x slower than this for scattered rows
+            arrays[int(view)].read_direct(out, np.s_[int(row)], np.s_[j])
         return out
 
     def __getstate__(self):
