@@ -6,3 +6,127 @@ pipeline's settings and runs it, as `cli/vae.py` does for train-vae.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sendvae_cli.cli import options as o
+from sendvae_cli.cli.app import app, is_main, registry, user_errors
+from sendvae_cli.errors import UserError
+
+
+MODEL_PANEL = "Model and REPA"
+OPT_PANEL = "Optimisation"
+PREVIEW_PANEL = "Sample grids"
+
+
+@app.command("train-sit")
+@user_errors
+def train_sit(
+    latents: Annotated[Path, typer.Argument(metavar="LATENTS", help="A latent cache from `sendvae cache-latents` (or a REPA-E latent .h5).", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Run folder (rerun the same command to resume); OUT/export is the generator export.", rich_help_panel=o.RUN_PANEL)] = Path("runs/sit"),
+    preset: Annotated[str, typer.Option(help="Defaults bundle: paper (SiT-XL/1, REPA on dinov2-b at depth 8, batch 256, 400k steps) or tiny (CPU minutes). Explicit flags win.", rich_help_panel=o.RUN_PANEL)] = "paper",
+    model: Annotated[Optional[str], typer.Option(help="Generator name, e.g. SiT-XL/1, SiT-B/2 (paper: SiT-XL/1; see `sendvae plugins`).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", "--enc-type", help="REPA teacher (paper: dinov2-b).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    teacher_weights: o.TeacherWeights = None,
+    teacher_features: Annotated[Optional[Path], typer.Option(help="Teacher tokens from `sendvae extract` of the images the cache was made from (matched by row id).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    images: Annotated[Optional[str], typer.Option(help="The images the cache was made from (folder or dataset name): the teacher runs on them on the fly (matched by row id; flipped image for a flipped latent).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    random_weights: Annotated[bool, typer.Option(help="Untrained teacher (smoke runs, tests, benchmarks).", rich_help_panel=MODEL_PANEL)] = False,
+    proj_weight: Annotated[Optional[float], typer.Option("--proj-weight", "--proj-coeff", help="Weight of the REPA loss; 0 = no REPA, no teacher (paper: 0.5).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    encoder_depth: Annotated[Optional[int], typer.Option(help="Block whose tokens REPA aligns (default: the model's, 8 for L/XL, 4 for S/B).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    cfg_prob: Annotated[Optional[float], typer.Option("--cfg-prob", help="Share of labels dropped to the null class, for classifier-free guidance (paper: 0.1).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    qk_norm: Annotated[Optional[bool], typer.Option("--qk-norm/--no-qk-norm", help="RMS-normalise queries and keys (paper: off).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    attention: Annotated[Optional[str], typer.Option(help="Attention backend: auto (xformers on CUDA when installed, else SDPA), xformers or sdpa.", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes of the label embedding; for a cache without labels this trains unconditionally (every label is the null class).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    flip: Annotated[Optional[str], typer.Option(help="Flipped views of a --flip cache: auto (used when the teacher target of the flipped image exists too), random or none.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    latent_stats: Annotated[Optional[Path], typer.Option(help="Normalise with these statistics instead of the cache's: a REPA-E *-latents-stats.pt or LightningDiT latents_stats.pt.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    vae: Annotated[Optional[str], typer.Option(help="The VAE that wrote the cache, to decode sample grids (default: the one the cache records; another one is refused).", rich_help_panel=o.VAE_PANEL, show_default=False)] = None,
+    vae_weights: o.VaeWeights = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for initialisation, data order, noise and flips.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", "--max-train-steps", help="Optimizer steps (paper: 400000; overrides --epochs).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Passes over the cache instead of --steps.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch (paper: 256), kept on any number of processes by gradient accumulation.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    micro_batch: Annotated[Optional[int], typer.Option(help="Latents per forward pass and process (paper preset: 64).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", "--learning-rate", help="AdamW learning rate (paper: 1e-4; betas 0.9, 0.999, no weight decay).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", "--max-grad-norm", help="Gradient norm clip, 0 = off (paper: 1.0).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    ema: Annotated[Optional[float], typer.Option(help="EMA decay (paper: 0.9999; tiny: 0.999).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    time_schedule: Annotated[Optional[str], typer.Option("--time-schedule", "--weighting", help="Flow times: uniform (paper) or lognormal.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.", rich_help_panel=o.RUN_PANEL)] = False,
+    log_every: Annotated[Optional[int], typer.Option(help="Steps between metrics.jsonl rows.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", "--checkpointing-steps", help="Steps between checkpoints (each also refreshes OUT/export).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    sample_every: Annotated[Optional[int], typer.Option("--sample-every", "--sampling-steps", help="Steps between sample grids (OUT/samples/step-N.png).", rich_help_panel=PREVIEW_PANEL, show_default=False)] = None,
+    preview_count: Annotated[Optional[int], typer.Option(help="Samples in a grid (fixed noise, labels cycling through the classes).", rich_help_panel=PREVIEW_PANEL, show_default=False)] = None,
+    preview_steps: Annotated[Optional[int], typer.Option(help="Euler ODE steps per grid sample.", rich_help_panel=PREVIEW_PANEL, show_default=False)] = None,
+    preview_cfg: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale of the grids (1 = none).", rich_help_panel=PREVIEW_PANEL, show_default=False)] = None,
+    export_now: Annotated[bool, typer.Option("--export", help="Write OUT/export from the run's latest checkpoint and exit.", rich_help_panel=o.RUN_PANEL)] = False,
+    workers: o.Workers = None,
+    device: o.Device = "auto",
+    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast + TF32 on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    quiet: o.Quiet = False,
+) -> None:
+    """Train a SiT flow-matching transformer (with REPA) on a latent cache (docs/train-sit.md)."""
+    from sendvae_cli.train.run_config import resolve
+    from sendvae_cli.train.sit_trainer import PRESETS
+
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
+    o.positive(("--steps", steps), ("--batch-size", batch_size), ("--micro-batch", micro_batch),
+               ("--log-every", log_every), ("--checkpoint-every", checkpoint_every), ("--sample-every", sample_every),
+               ("--lr", lr), ("--epochs", epochs), ("--encoder-depth", encoder_depth), ("--num-classes", num_classes),
+               ("--preview-count", preview_count), ("--preview-steps", preview_steps))
+    for name, value in (("--proj-weight", proj_weight), ("--grad-clip", grad_clip)):
+        if value is not None and value < 0:
+            raise UserError(f"{name} {value}: expected 0 or more")
+    for name, value in (("--cfg-prob", cfg_prob), ("--ema", ema)):
+        if value is not None and not 0 <= value < 1:
+            raise UserError(f"{name} {value}: expected a number in [0, 1)")
+    if time_schedule is not None and time_schedule not in ("uniform", "lognormal"):
+        raise UserError(f"--time-schedule {time_schedule}: expected uniform or lognormal")
+    if attention is not None and attention not in ("auto", "xformers", "sdpa"):
+        raise UserError(f"--attention {attention}: expected auto, xformers or sdpa")
+    if flip is not None and flip not in ("auto", "random", "none"):
+        raise UserError(f"--flip {flip}: expected auto, random or none")
+    o.check_precision(precision)
+    o.exclusive_weights("--teacher-weights", teacher_weights, random_weights)
+    o.existing(("LATENTS", latents), ("--teacher-weights", teacher_weights), ("--teacher-features", teacher_features),
+               ("--latent-stats", latent_stats), ("--vae-weights", vae_weights))
+    explicit = {
+        "model": model, "teacher": teacher, "proj_weight": proj_weight, "encoder_depth": encoder_depth,
+        "cfg_prob": cfg_prob, "qk_norm": qk_norm, "attention": attention, "num_classes": num_classes, "flip": flip,
+        "seed": seed, "steps": steps, "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch,
+        "lr": lr, "grad_clip": grad_clip, "ema": ema, "time_schedule": time_schedule, "log_every": log_every,
+        "checkpoint_every": checkpoint_every, "sample_every": sample_every, "preview_count": preview_count,
+        "preview_steps": preview_steps, "preview_cfg": preview_cfg, "precision": precision,
+    }
+    if steps is not None:
+        explicit["epochs"] = None
+    cfg = resolve(PRESETS[preset], explicit)
+    if steps is None and epochs is not None:
+        cfg["steps"] = None
+    if micro_batch is None and cfg["micro_batch"] > cfg["batch_size"]:
+        cfg["micro_batch"] = cfg["batch_size"]
+    cfg.update({
+        "latents": str(latents), "preset": preset, "random_weights": random_weights, "device": device,
+        "quiet": quiet, "compile": compile, "workers": o.workers_or_default(workers),
+        "images": images, "teacher_weights": str(teacher_weights) if teacher_weights else None,
+        "teacher_features": str(teacher_features) if teacher_features else None,
+        "latent_stats": str(latent_stats) if latent_stats else None,
+        "vae": vae, "vae_weights": str(vae_weights) if vae_weights else None,
+    })
+    found = registry()
+    found.generator(cfg["model"])  # unknown names fail before anything heavy is imported
+    if cfg["proj_weight"] > 0:
+        found.teacher(cfg["teacher"])
+        if random_weights and is_main() and not quiet:
+            from sendvae_cli.progress import warn
+
+            warn("--random-weights: the REPA teacher is untrained; the run is a smoke test only")
+
+    from sendvae_cli.train.sit_trainer import export_run, train_sit as run
+
+    if export_now:
+        export_run(cfg, found, out)
+        return
+    run(cfg, found, out)
