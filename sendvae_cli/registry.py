@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = {
     "sendvae.teachers": "sendvae_cli.teachers.builtin",
     "sendvae.datasets": "sendvae_cli.data.builtin",
     "sendvae.vae_bases": "sendvae_cli.vae.builtin",
+    "sendvae.generators": "sendvae_cli.generators.builtin",
 }
 
 # kind -> (hook name, what a user calls one of these)
