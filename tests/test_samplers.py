@@ -131,15 +131,8 @@ def _fixture_model_as_checkpoint(tmp_path):
     state = {k[len("model."):]: v for k, v in TENSORS.items() if k.startswith("model.")}
     path = tmp_path / "repae-tiny.pt"
     torch.save({"ema": state, "model": state, "args": argparse.Namespace(encoder_depth=ARCH["encoder_depth"])}, path)
-    try:
-        from sendvae_cli.generators.export import import_repa_checkpoint
-    except ImportError:  # the importer arrives with the export module
-        from sendvae_cli.generators.sit import SiT
+    from sendvae_cli.generators.export import import_repa_checkpoint
 
-        model = SiT(input_size=8, in_channels=4, patch_size=2, depth=2, width=32, heads=2, num_classes=1000,
-                    encoder_depth=1, projector_dims=[16], projector_width=32)
-        model.load_state_dict({k: v for k, v in state.items() if not k.startswith("bn.")})
-        return model.eval()
     loaded = import_repa_checkpoint(path, heads=ARCH["num_heads"])
     torch.testing.assert_close(loaded.latent_mean, state["bn.running_mean"])
     torch.testing.assert_close(loaded.latent_std, state["bn.running_var"].sqrt())
