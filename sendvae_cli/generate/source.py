@@ -26,7 +26,7 @@ _RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
 
 
 def _vae_digest(model: torch.nn.Module) -> str:
-    from sendvae_cli.caches.latents import weights_sha256
+    from sendvae_cli.weights import weights_sha256
 
     return weights_sha256(model)
 
