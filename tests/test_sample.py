@@ -56,8 +56,15 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(models, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "samples"
-    run_cli("sample", models["sit"], "--out", out, "--batch-size", "7", *RUN)
+    ok("sample", models["sit"], "--out", out, "--batch-size", "7", *RUN)
     return out
+
+
+def ok(*args):
+    """`sendvae ARGS` in this process (small runs: no interpreter start-up)."""
+    proc = invoke(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
 
 
 def arrays(out):
@@ -88,7 +95,7 @@ def test_folder_npz_manifest_and_balanced_labels(reference, models):
 
 
 def test_batch_size_does_not_change_the_samples(reference, models, tmp_path):
-    run_cli("sample", models["sit"], "--out", tmp_path / "b16", "--batch-size", "16", *RUN)
+    ok("sample", models["sit"], "--out", tmp_path / "b16", "--batch-size", "16", *RUN)
     assert (tmp_path / "b16" / "samples.npz").read_bytes() == (reference / "samples.npz").read_bytes()
 
 
@@ -135,13 +142,13 @@ def test_finished_output_is_not_redone(reference, models):
 
 
 def test_class_random_labels_and_grid(models, tmp_path):
-    run_cli("sample", models["sit"], "--out", tmp_path / "c", "-n", "6", "--class", "3", "--steps", "3", "--quiet")
+    ok("sample", models["sit"], "--out", tmp_path / "c", "-n", "6", "--class", "3", "--steps", "3", "--quiet")
     assert arrays(tmp_path / "c")[1].tolist() == [3] * 6
-    run_cli("sample", models["sit"], "--out", tmp_path / "r", "-n", "30", "--labels", "random", "--steps", "3",
+    ok("sample", models["sit"], "--out", tmp_path / "r", "-n", "30", "--labels", "random", "--steps", "3",
             "--heun", "--quiet")
     labels = arrays(tmp_path / "r")[1]
     assert len(labels) == 30 and np.bincount(labels, minlength=10).tolist() != [3] * 10
-    run_cli("sample", models["sit"], "--out", tmp_path / "g", "--grid", "3x4", "--steps", "2", "--quiet")
+    ok("sample", models["sit"], "--out", tmp_path / "g", "--grid", "3x4", "--steps", "2", "--quiet")
     from PIL import Image
 
     grid = Image.open(tmp_path / "g" / "grid.png")
@@ -196,8 +203,8 @@ def test_repae_checkpoint_with_vae_and_latent_stats(tmp_path):
     torch.save({"latents_scale": torch.full((1, 4, 1, 1), 1 / 3), "latents_bias": torch.ones(1, 4, 1, 1)}, stats)
 
     common = ["--vae", vae, "-n", "4", "--steps", "3", "--cfg", "1.5", "--quiet"]
-    run_cli("sample", checkpoint, "--out", tmp_path / "a", *common)
-    run_cli("sample", checkpoint, "--latent-stats", stats, "--out", tmp_path / "b", *common)
+    ok("sample", checkpoint, "--out", tmp_path / "a", *common)
+    ok("sample", checkpoint, "--latent-stats", stats, "--out", tmp_path / "b", *common)
     a = json.loads((tmp_path / "a" / "sample.json").read_text())
     b = json.loads((tmp_path / "b" / "sample.json").read_text())
     assert "bn" in a["model"]["model_latent_stats"] and b["model"]["model_latent_stats"] == str(stats)
@@ -238,7 +245,7 @@ def test_bad_inputs_are_one_line_and_touch_nothing(reference, models, tmp_path):
 
 
 def test_force_vae_decodes_with_the_given_vae(models, tmp_path):
-    run_cli("sample", models["sit"], "--vae", models["other_vae"], "--force-vae", "--out", tmp_path / "f", "-n", "2",
+    ok("sample", models["sit"], "--vae", models["other_vae"], "--force-vae", "--out", tmp_path / "f", "-n", "2",
             "--steps", "2", "--quiet")
     manifest = json.loads((tmp_path / "f" / "sample.json").read_text())
     assert manifest["vae"]["vae_forced"] is True
