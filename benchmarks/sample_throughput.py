@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from sendvae_cli.distributed import init
-from sendvae_cli.generate.pipeline import Generator, SampleSettings, sample_to_folder
+from sendvae_cli.generate.pipeline import SamplingModel, SampleSettings, sample_to_folder
 from sendvae_cli.generators.sit import SiT, build_sit
 from sendvae_cli.vae.autoencoder import VAE_CONFIGS
 from sendvae_cli.vae.weights import build_model
@@ -51,7 +51,7 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def run_ours(gen: Generator, settings: SampleSettings, batch_size: int, compile: bool) -> dict:
+def run_ours(gen: SamplingModel, settings: SampleSettings, batch_size: int, compile: bool) -> dict:
     dist = init(None)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -83,7 +83,7 @@ def cpu_benchmark(args) -> dict:
     torch.manual_seed(0)
     model = randomise(SiT(input_size=4, in_channels=8, patch_size=1, depth=4, width=128, heads=4, num_classes=10))
     vae = build_model(VAE_CONFIGS["tiny-f16d8"])
-    gen = Generator(model=model, num_classes=10, latent_shape=(8, 4, 4), latent_mean=torch.zeros(8),
+    gen = SamplingModel(model=model, num_classes=10, latent_shape=(8, 4, 4), latent_mean=torch.zeros(8),
                     latent_std=torch.ones(8), vae=vae, identity={"model_sha256": "random", "vae_sha256": "random"})
     settings = SampleSettings(count=args.images or 128, mode="ode", steps=20, cfg_scale=1.5, guidance_high=0.7)
     return {"mode": "cpu tiny SiT (depth 4, width 128) + tiny VAE, 64 px, ODE Euler 20 + CFG [0, 0.7]",
@@ -101,7 +101,7 @@ def gpu_benchmark(args) -> dict:
     if not torch.cuda.is_available():
         sys.exit("--gpu needs CUDA")
     model, vae = gpu_model()
-    gen = Generator(model=model, num_classes=1000, latent_shape=(32, 16, 16), latent_mean=torch.zeros(32),
+    gen = SamplingModel(model=model, num_classes=1000, latent_shape=(32, 16, 16), latent_mean=torch.zeros(32),
                     latent_std=torch.ones(32), vae=vae, identity={"model_sha256": "random", "vae_sha256": "random"})
     settings = SampleSettings(count=args.images or 50_000, mode="sde", steps=250, cfg_scale=1.5,
                               guidance_low=0.0, guidance_high=0.75, precision="bf16")

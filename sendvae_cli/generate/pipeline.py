@@ -36,7 +36,7 @@ PAPER = {"count": 50_000, "mode": "sde", "steps": 250, "cfg_scale": 2.5, "guidan
 
 
 @dataclass
-class Generator:
+class SamplingModel:
     """What sampling needs from a trained generator (opened by `generate.source`)."""
 
     model: torch.nn.Module                      # forward(x, t, y) -> v
@@ -103,7 +103,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 class Drawer:
     """Turns sample indices (+ labels) into uint8 images; the same for full runs and grids."""
 
-    def __init__(self, gen: Generator, settings: SampleSettings, device: torch.device, *,
+    def __init__(self, gen: SamplingModel, settings: SampleSettings, device: torch.device, *,
                  compile: bool = False, decode_batch: int = 32):
         self.gen, self.settings, self.device = gen, settings, device
         self.dtype = torch.float64 if settings.precision == "fp64" else torch.float32
@@ -154,7 +154,7 @@ class Drawer:
 #                                   Full run                                    #
 #################################################################################
 
-def manifest_settings(settings: SampleSettings, gen: Generator, device: torch.device) -> dict[str, Any]:
+def manifest_settings(settings: SampleSettings, gen: SamplingModel, device: torch.device) -> dict[str, Any]:
     s = asdict(settings)
     s["labels"] = describe_labels(settings.labels, gen.num_classes, settings.class_id)
     s.pop("class_id")
@@ -164,7 +164,7 @@ def manifest_settings(settings: SampleSettings, gen: Generator, device: torch.de
     return dict(sorted(s.items()))
 
 
-def sample_to_folder(gen: Generator, settings: SampleSettings, out: Path, dist, *, batch_size: int,
+def sample_to_folder(gen: SamplingModel, settings: SampleSettings, out: Path, dist, *, batch_size: int,
                      compile: bool = False, show: bool = True, writers: int = 4,
                      guard: Callable[[Path], AbstractContextManager] = lambda out: nullcontext()) -> dict[str, Any]:
     """Fill OUT with `settings.count` samples (resuming), then the .npz; returns the manifest.
@@ -215,7 +215,6 @@ def sample_to_folder(gen: Generator, settings: SampleSettings, out: Path, dist, 
                                 f"{folder.png(missing[0])}); rerun the same command")
             npz_start = time.perf_counter()
             with ThreadPoolExecutor(max_workers=writers) as pool:
-                c, h, w = gen.latent_shape
                 first = folder.read_png(0)
                 write_npz(folder.npz, folder.read_all(pool), settings.count, first.shape[0], first.shape[1], labels)
             drawer.timing.npz_s = time.perf_counter() - npz_start
@@ -236,7 +235,7 @@ def _run_record(timing: Timing, seconds: float, dist, batch_size: int, drawn: in
             "write_wait_s": round(timing.write_wait_s, 3), "npz_s": round(timing.npz_s, 3)}
 
 
-def _manifest(described, settings: SampleSettings, gen: Generator, existing, *, status: str,
+def _manifest(described, settings: SampleSettings, gen: SamplingModel, existing, *, status: str,
               run: dict[str, Any] | None = None, image_size=None) -> dict[str, Any]:
     runs = list((existing or {}).get("runs", []))
     if run is not None:
@@ -266,7 +265,7 @@ def _manifest(described, settings: SampleSettings, gen: Generator, existing, *, 
 #                                 Preview grid                                  #
 #################################################################################
 
-def sample_grid(gen: Generator, settings: SampleSettings, path: Path, device: torch.device, *, rows: int,
+def sample_grid(gen: SamplingModel, settings: SampleSettings, path: Path, device: torch.device, *, rows: int,
                 columns: int, batch_size: int, compile: bool = False) -> Path:
     """rows classes (spread over the label range, or --class) x columns samples -> one PNG."""
     if gen.num_classes:
@@ -282,5 +281,5 @@ def sample_grid(gen: Generator, settings: SampleSettings, path: Path, device: to
     return save_grid(Path(path), images, names, columns)
 
 
-__all__ = ["Generator", "SampleSettings", "Drawer", "PAPER", "PRECISIONS", "GRID", "resolve_precision",
+__all__ = ["SamplingModel", "SampleSettings", "Drawer", "PAPER", "PRECISIONS", "GRID", "resolve_precision",
            "sample_to_folder", "sample_grid", "to_uint8"]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.generate.pipeline import Generator
+from sendvae_cli.generate.pipeline import SamplingModel
 from sendvae_cli.weights import file_sha256
 
 _RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
@@ -62,7 +62,7 @@ def _open_recorded_vae(record: dict[str, Any], model_path: Path):
 
 
 def open_generator(model_path: Path, *, vae: str | None = None, latent_stats: Path | None = None,
-                   force_vae: bool = False) -> Generator:
+                   force_vae: bool = False) -> SamplingModel:
     from sendvae_cli.generators.export import load_generator_export, looks_like_generator
     from sendvae_cli.vae.open import open_vae
     from sendvae_cli.vae.weights import read_latent_stats
@@ -118,5 +118,5 @@ def open_generator(model_path: Path, *, vae: str | None = None, latent_stats: Pa
         "vae_sha256": vae_sha,
         "vae_forced": bool(force_vae and recorded_sha and recorded_sha != vae_sha),
     }
-    return Generator(model=loaded.model, num_classes=int(loaded.num_classes), latent_shape=(channels, size, size),
+    return SamplingModel(model=loaded.model, num_classes=int(loaded.num_classes), latent_shape=(channels, size, size),
                      latent_mean=mean.float(), latent_std=std.float(), vae=opened.model, identity=identity)
