@@ -249,3 +249,18 @@ def test_force_vae_decodes_with_the_given_vae(models, tmp_path):
             "--steps", "2", "--quiet")
     manifest = json.loads((tmp_path / "f" / "sample.json").read_text())
     assert manifest["vae"]["vae_forced"] is True
+
+
+# -- GPU ------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_cuda_bf16_compiled_sampling_is_resumable_and_close_to_fp32(models, tmp_path):
+    if not torch.cuda.is_available():  # as tests/test_gpu.py: `-m gpu` without a GPU is an error, not a pass
+        pytest.fail("the gpu tests need a CUDA device")
+    common = ["-n", "64", "--mode", "sde", "--steps", "8", "--cfg", "2.0", "--guidance-high", "0.7", "--device", "cuda",
+              "--quiet"]
+    run_cli("sample", models["sit"], "--out", tmp_path / "bf16", "--batch-size", "32", "--compile", *common)
+    run_cli("sample", models["sit"], "--out", tmp_path / "fp32", "--batch-size", "64", "--precision", "fp32", *common)
+    bf16, fp32 = arrays(tmp_path / "bf16")[0].astype(int), arrays(tmp_path / "fp32")[0].astype(int)
+    assert np.abs(bf16 - fp32).mean() < 8  # same noise on the same device: bf16 only rounds
+    manifest = json.loads((tmp_path / "bf16" / "sample.json").read_text())
+    assert manifest["settings"]["precision"] == "bf16" and manifest["settings"]["noise_device"] == "cuda"
