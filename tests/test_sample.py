@@ -156,6 +156,49 @@ def test_class_random_labels_and_grid(models, tmp_path):
     assert [p.name for p in (tmp_path / "g").iterdir()] == ["grid.png"]
 
 
+def test_run_folder_and_paper_preset(models, tmp_path):
+    """A train-sit run folder (its export/) as MODEL; --preset paper with explicit flags winning."""
+    import shutil
+
+    shutil.copytree(models["sit"], tmp_path / "run" / "export")
+    ok("sample", tmp_path / "run", "--out", tmp_path / "p", "--preset", "paper", "-n", "3", "--steps", "2", "--quiet")
+    manifest = json.loads((tmp_path / "p" / "sample.json").read_text())
+    s = manifest["settings"]
+    assert (s["mode"], s["steps"], s["cfg_scale"], s["guidance_low"], s["guidance_high"], s["count"]) == \
+        ("sde", 2, 2.5, 0.0, 0.75, 3)
+    assert manifest["nfe"] == 2 and manifest["model"]["model_path"] == str(tmp_path / "run")
+
+
+def test_unconditional_generator_takes_no_labels(models, tmp_path):
+    """A plugin generator without classes: no labels, no arr_1, guidance and --class refused."""
+    from sendvae_cli.distributed import init
+    from sendvae_cli.generate.pipeline import SampleSettings, SamplingModel, sample_to_folder
+    from sendvae_cli.generate.run import check_labels
+    from sendvae_cli.errors import UserError
+    from sendvae_cli.vae.export import load_exported
+
+    class Unconditional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(8, 8, 1)
+
+        def forward(self, x, t, y):
+            assert y is None
+            return self.conv(x) * t.view(-1, 1, 1, 1)
+
+    gen = SamplingModel(Unconditional(), 0, (8, 2, 2), torch.zeros(8), torch.ones(8),
+                        load_exported(models["vae"]).model, {"model_sha256": "m", "vae_sha256": "v"})
+    manifest = sample_to_folder(gen, SampleSettings(count=5, steps=2), tmp_path / "u", init("cpu"), batch_size=2,
+                                show=False)
+    assert manifest["settings"]["labels"] == "none" and manifest["cfg"]["null_class"] is None
+    with np.load(tmp_path / "u" / "samples.npz") as data:
+        assert data.files == ["arr_0"] and data["arr_0"].shape == (5, 32, 32, 3)
+    with pytest.raises(UserError, match="unconditional"):
+        check_labels(SampleSettings(count=5, cfg_scale=1.5), 0)
+    with pytest.raises(UserError, match="--class 2: the model is unconditional"):
+        check_labels(SampleSettings(count=5, class_id=2), 0)
+
+
 def test_fid_readers_see_the_same_images_in_npz_and_folder(reference):
     """`sendvae fid` reads both: the same uint8 batches in the same order, hence the same features."""
     from sendvae_cli.eval.inputs import open_images

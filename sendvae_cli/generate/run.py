@@ -29,7 +29,7 @@ class SampleRequest:
     quiet: bool = False
 
 
-def _check_labels(settings: SampleSettings, num_classes: int) -> None:
+def check_labels(settings: SampleSettings, num_classes: int) -> None:
     if not num_classes:
         if settings.class_id is not None:
             raise UserError(f"--class {settings.class_id}: the model is unconditional (no classes)")
@@ -47,7 +47,7 @@ def run_sample(request: SampleRequest) -> Path:
         settings = replace(request.settings, precision=resolve_precision(request.settings.precision, dist.device))
         gen = open_generator(request.model, vae=request.vae, latent_stats=request.latent_stats,
                              force_vae=request.force_vae)
-        _check_labels(settings, gen.num_classes)
+        check_labels(settings, gen.num_classes)
         if dist.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
