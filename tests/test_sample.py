@@ -265,6 +265,11 @@ def test_bad_inputs_are_one_line_and_touch_nothing(reference, models, tmp_path):
     out = tmp_path / "never"
     sit = models["sit"]
     one_line_error(invoke("sample", models["vae"], "--out", out), "is a VAE export", "--vae")
+    from sendvae_cli.vae.export import load_exported
+
+    vae_pt = tmp_path / "vavae.pt"
+    torch.save(load_exported(models["vae"]).model.state_dict(), vae_pt)
+    one_line_error(invoke("sample", vae_pt, "--out", out), "is a VAE checkpoint", "--vae")
     one_line_error(invoke("sample", sit, "--vae", models["other_vae"], "--out", out), "--vae", "differ", "--force-vae")
     one_line_error(invoke("sample", sit, "--out", out, "-n", "0"), "-n 0")
     one_line_error(invoke("sample", sit, "--out", out, "--guidance-high", "1.5"), "--guidance-high 1.5")

@@ -31,6 +31,16 @@ def _vae_digest(model: torch.nn.Module) -> str:
     return weights_sha256(model)
 
 
+def _holds_a_vae(path: Path) -> bool:
+    from sendvae_cli.vae.weights import find_vae_state, read_tensor_file
+
+    try:
+        find_vae_state(read_tensor_file(path, "MODEL"), path, "MODEL")
+    except UserError:
+        return False
+    return True
+
+
 def _not_a_generator(path: Path) -> UserError:
     from sendvae_cli.vae.export import is_exported
 
@@ -39,6 +49,9 @@ def _not_a_generator(path: Path) -> UserError:
                          f"and the VAE with --vae")
     if not path.exists():
         return UserError(f"MODEL {path}: no such file or folder")
+    if path.is_file() and _holds_a_vae(path):
+        return UserError(f"MODEL {path}: is a VAE checkpoint, not a generator; give the generator as MODEL "
+                         f"and the VAE with --vae")
     return UserError(f"MODEL {path}: not a generator (expected a train-sit run or export folder holding sit.json, "
                      f"or a REPA/REPA-E SiT .pt checkpoint)")
 
