@@ -34,7 +34,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -345,8 +345,9 @@ def _arch_from_state(state: dict[str, torch.Tensor], args: dict[str, Any], *, wh
         "input_size": grid * patch, "in_channels": in_channels, "patch_size": patch, "depth": depth,
         "width": width, "heads": _heads_for(args.get("model"), width, heads, where, option),
         "mlp_ratio": hidden / width, "num_classes": num_classes,
-        # REPA's label table has the null row exactly when it trained with label dropout.
-        "class_dropout": float(args.get("cfg_prob", 0.1)) if has_null else 0.0,
+        # The null row exists when the model was built with label dropout. REPA's train.py builds
+        # with its model default 0.1 whatever --cfg-prob says, so 0 there still means a null row.
+        "class_dropout": (float(args.get("cfg_prob") or 0.1)) if has_null else 0.0,
         "qk_norm": "blocks.0.attn.q_norm.weight" in state,
         "encoder_depth": encoder_depth,
         "projector_dims": [int(state[f"projectors.{i}.4.weight"].shape[0]) for i in projectors],
