@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from sendvae_cli.cli import options as o
-from sendvae_cli.cli.app import app, user_errors
+from sendvae_cli.cli.app import app, registry, user_errors
 from sendvae_cli.errors import UserError
 
 
@@ -98,6 +98,8 @@ def sample(
     settings = SampleSettings(count=count, mode=mode, steps=steps, heun=heun, cfg_scale=float(cfg),
                               guidance_low=float(low), guidance_high=float(high), labels=labels_scheme,
                               class_id=class_id, seed=seed, precision=precision)
+    found = registry()
     run_sample(SampleRequest(model=model, out=out, settings=settings, batch_size=batch_size, vae=vae,
                              latent_stats=latent_stats, force_vae=force_vae, grid=shape, device=device,
-                             compile=compile, quiet=quiet))
+                             compile=compile, quiet=quiet,
+                             build=lambda name, arch: found.generator(name).build(**arch)))

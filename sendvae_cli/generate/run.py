@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -27,6 +28,7 @@ class SampleRequest:
     device: str = "auto"
     compile: bool = False
     quiet: bool = False
+    build: Callable[[str, dict], torch.nn.Module] | None = None  # plugin generators: the registry's builder
 
 
 def check_labels(settings: SampleSettings, num_classes: int) -> None:
@@ -46,7 +48,7 @@ def run_sample(request: SampleRequest) -> Path:
     try:
         settings = replace(request.settings, precision=resolve_precision(request.settings.precision, dist.device))
         gen = open_generator(request.model, vae=request.vae, latent_stats=request.latent_stats,
-                             force_vae=request.force_vae)
+                             force_vae=request.force_vae, build=request.build)
         check_labels(settings, gen.num_classes)
         if dist.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True

@@ -75,7 +75,8 @@ def _open_recorded_vae(record: dict[str, Any], model_path: Path):
 
 
 def open_generator(model_path: Path, *, vae: str | None = None, latent_stats: Path | None = None,
-                   force_vae: bool = False) -> SamplingModel:
+                   force_vae: bool = False, build=None) -> SamplingModel:
+    """`build(generator_name, arch) -> model` rebuilds plugin generators (the registry's); see load_generator_export."""
     from sendvae_cli.generators.export import load_generator_export, looks_like_generator
     from sendvae_cli.vae.open import open_vae
     from sendvae_cli.vae.weights import read_latent_stats
@@ -88,7 +89,7 @@ def open_generator(model_path: Path, *, vae: str | None = None, latent_stats: Pa
         raise UserError(f"MODEL {model_path}: a REPA/REPA-E checkpoint records no VAE; pass --vae "
                         f"(and --latent-stats unless the VAE's statistics file lies beside it)")
     given_stats = read_latent_stats(latent_stats, option="--latent-stats") if latent_stats is not None else None
-    loaded = load_generator_export(model_path, option="MODEL")
+    loaded = load_generator_export(model_path, option="MODEL", build=build)
     meta = loaded.meta or {}
 
     opened = open_vae(vae) if vae is not None else _open_recorded_vae(loaded.vae, model_path)
