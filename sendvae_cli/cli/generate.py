@@ -52,11 +52,11 @@ def sample(
     from sendvae_cli.generate.grid import parse_grid
     from sendvae_cli.generate.labels import SCHEMES
 
-    if preset not in (None, "paper"):
-        raise UserError(f"--preset {preset}: expected paper")
-    from sendvae_cli.generate.pipeline import PAPER, PRECISIONS
+    from sendvae_cli.generate.presets import MODES, PRECISIONS, PRESETS
 
-    paper = PAPER if preset == "paper" else {}
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"--preset {preset}: expected {' or '.join(PRESETS)}")
+    paper = PRESETS[preset] if preset else {}
 
     def pick(value, key, default):
         return value if value is not None else paper.get(key, default)
@@ -65,8 +65,8 @@ def sample(
     cfg, low, high = pick(cfg, "cfg_scale", 1.0), pick(guidance_low, "guidance_low", 0.0), pick(guidance_high, "guidance_high", 1.0)
     labels_scheme = pick(labels, "labels", "balanced")
     o.positive(("-n", count), ("--steps", steps), ("--batch-size", batch_size))
-    if mode not in ("ode", "sde"):
-        raise UserError(f"--mode {mode}: expected ode or sde")
+    if mode not in MODES:
+        raise UserError(f"--mode {mode}: expected {' or '.join(MODES)}")
     if heun and mode != "ode":
         raise UserError("--heun: Heun's corrector is for --mode ode only")
     if mode == "sde" and steps < 2:
@@ -93,7 +93,6 @@ def sample(
 
     from sendvae_cli.generate.pipeline import SampleSettings
     from sendvae_cli.generate.run import SampleRequest, run_sample
-
 
     settings = SampleSettings(count=count, mode=mode, steps=steps, heun=heun, cfg_scale=float(cfg),
                               guidance_low=float(low), guidance_high=float(high), labels=labels_scheme,

@@ -26,13 +26,8 @@ from sendvae_cli.generate.labels import describe as describe_labels
 from sendvae_cli.generate.labels import make_labels
 from sendvae_cli.generate.noise import SampleNoise
 from sendvae_cli.generate.npz import write_npz
+from sendvae_cli.generate.presets import PRECISIONS
 from sendvae_cli.progress import info, progress_bar
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp64")
-# The paper's protocol (docs/sample.md): 50k class-balanced samples, SDE Euler-Maruyama with 250 steps,
-# CFG 2.5 on t in [0, 0.75] (REPA-E's interval). Explicit flags win over it.
-PAPER = {"count": 50_000, "mode": "sde", "steps": 250, "cfg_scale": 2.5, "guidance_low": 0.0,
-         "guidance_high": 0.75, "labels": "balanced"}
 
 
 @dataclass
@@ -281,5 +276,5 @@ def sample_grid(gen: SamplingModel, settings: SampleSettings, path: Path, device
     return save_grid(Path(path), images, names, columns)
 
 
-__all__ = ["SamplingModel", "SampleSettings", "Drawer", "PAPER", "PRECISIONS", "GRID", "resolve_precision",
+__all__ = ["SamplingModel", "SampleSettings", "Drawer", "GRID", "resolve_precision",
            "sample_to_folder", "sample_grid", "to_uint8"]
