@@ -260,6 +260,26 @@ def test_repae_checkpoint_with_vae_and_latent_stats(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_repa_checkpoint_takes_the_statistics_beside_the_vae(tmp_path):
+    """REPA's layout has no bn.*: the `<vae>-latents-stats.pt` beside a REPA-E VAE .pt beats the SD-VAE guess."""
+    from sendvae_cli.generators.export import export_repa_checkpoint
+    from sendvae_cli.generators.sit import build_sit
+    from sendvae_cli.vae.autoencoder import VAEConfig
+    from sendvae_cli.vae.weights import build_model
+
+    torch.manual_seed(0)
+    checkpoint = export_repa_checkpoint(build_sit("SiT-tiny/1", input_size=8, in_channels=4, num_classes=1000),
+                                        tmp_path / "repa.pt", flavour="repa")
+    config = VAEConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(), z_channels=4, embed_dim=4)
+    torch.save(build_model(config).state_dict(), tmp_path / "vae.pt")
+    torch.save({"latents_scale": torch.full((1, 4, 1, 1), 0.5), "latents_bias": torch.zeros(1, 4, 1, 1)},
+               tmp_path / "vae-latents-stats.pt")
+    ok("sample", checkpoint, "--vae", tmp_path / "vae.pt", "--out", tmp_path / "s", "-n", "2", "--steps", "2",
+       "--quiet")
+    manifest = json.loads((tmp_path / "s" / "sample.json").read_text())
+    assert manifest["model"]["model_latent_stats"] == "beside the VAE weights"
+
+
 # -- bad inputs: one line, nothing written or overwritten ----------------------------------------
 def test_bad_inputs_are_one_line_and_touch_nothing(reference, models, tmp_path):
     out = tmp_path / "never"
