@@ -1,5 +1,6 @@
 """The flow samplers against REPA-E's own sampler outputs (tests/fixtures/README_samplers.md)."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from safetensors import safe_open
 
 from sendvae_cli.flow.samplers import (function_evaluations, guided_at, ode_sample, ode_times, sde_sample,
                                        sde_times)
+from sendvae_cli.generators.export import import_repa_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "repae_samplers_runs.safetensors"
 TOL = 1e-5
@@ -122,3 +124,22 @@ def test_sde_noise_is_requested_in_step_order():
 
     sde_sample(lambda x, t, y: torch.zeros_like(x), torch.zeros(1, 4, 8, 8), None, steps=5, noise_fn=noise_fn)
     assert asked == [0, 1, 2, 3]  # the final mean step draws none
+
+
+def _fixture_model_as_checkpoint(tmp_path):
+    """REPA-E's tiny SiT as the `.pt` their training writes, opened by sendvae's importer."""
+    state = {k[len("model."):]: v for k, v in TENSORS.items() if k.startswith("model.")}
+    path = tmp_path / "repae-tiny.pt"
+    torch.save({"ema": state, "model": state, "args": argparse.Namespace(encoder_depth=ARCH["encoder_depth"])}, path)
+    loaded = import_repa_checkpoint(path, heads=ARCH["num_heads"])
+    torch.testing.assert_close(loaded.latent_mean, state["bn.running_mean"])
+    torch.testing.assert_close(loaded.latent_std, state["bn.running_var"].sqrt())
+    return loaded.model
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_imported_repae_sit_matches_their_sampler(name, tmp_path):
+    """From the same noise (and SDE noise sequence), sendvae's SiT + samplers give REPA-E's samples."""
+    model = _fixture_model_as_checkpoint(tmp_path)
+    out = _run(model, name, RUNS[name])
+    torch.testing.assert_close(out, TENSORS[f"{name}.out"], atol=TOL, rtol=0)

@@ -1,0 +1,280 @@
+"""`sendvae sample`: draw N images from a generator into a resumable sample folder.
+
+Each process takes the sample indices rank, rank + world, ... that have no PNG yet, in batches:
+per-sample noise (noise.py) -> ODE / SDE sampler with CFG (flow/samplers.py) -> undo the latent
+normalisation -> VAE decode -> uint8 -> PNG, encoded on a thread pool while the device samples the
+next batch. When every PNG exists, rank 0 streams them into the ADM .npz and marks the manifest complete.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sendvae_cli.errors import UserError
+from sendvae_cli.flow.samplers import function_evaluations, ode_sample, sde_sample
+from sendvae_cli.generate.folder import FORMAT, FORMAT_VERSION, GRID, SampleFolder
+from sendvae_cli.generate.grid import grid_classes, save_grid
+from sendvae_cli.generate.labels import describe as describe_labels
+from sendvae_cli.generate.labels import make_labels
+from sendvae_cli.generate.noise import SampleNoise
+from sendvae_cli.generate.npz import write_npz
+from sendvae_cli.generate.presets import PRECISIONS
+from sendvae_cli.progress import info, progress_bar
+
+
+@dataclass
+class SamplingModel:
+    """What sampling needs from a trained generator (opened by `generate.source`)."""
+
+    model: torch.nn.Module                      # forward(x, t, y) -> v
+    num_classes: int                            # 0: unconditional
+    latent_shape: tuple[int, int, int]          # (C, h, w) the model samples
+    latent_mean: torch.Tensor                   # (C,) statistics the model was trained with
+    latent_std: torch.Tensor
+    vae: torch.nn.Module                        # .decode(z) -> images in [-1, 1]
+    identity: dict[str, Any] = field(default_factory=dict)  # model / VAE paths and digests (manifest)
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """Everything that decides the images (a folder is resumed only with the same settings)."""
+
+    count: int
+    mode: str = "ode"
+    steps: int = 50
+    heun: bool = False
+    cfg_scale: float = 1.0
+    guidance_low: float = 0.0
+    guidance_high: float = 1.0
+    labels: str = "balanced"
+    class_id: int | None = None
+    seed: int = 0
+    precision: str = "fp32"                     # resolved: fp32, bf16 or fp64
+
+    @property
+    def nfe(self) -> int:
+        return function_evaluations(self.mode, self.steps, self.heun)
+
+
+@dataclass
+class Timing:
+    model_s: float = 0.0
+    decode_s: float = 0.0
+    write_wait_s: float = 0.0
+    npz_s: float = 0.0
+    images: int = 0
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: expected {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW -> uint8 NHWC (rounded to the nearest level)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+#################################################################################
+#                               One batch of samples                            #
+#################################################################################
+
+class Drawer:
+    """Turns sample indices (+ labels) into uint8 images; the same for full runs and grids."""
+
+    def __init__(self, gen: SamplingModel, settings: SampleSettings, device: torch.device, *,
+                 compile: bool = False, decode_batch: int = 32):
+        self.gen, self.settings, self.device = gen, settings, device
+        self.dtype = torch.float64 if settings.precision == "fp64" else torch.float32
+        gen.model.to(device=device, dtype=self.dtype).eval().requires_grad_(False)
+        gen.vae.to(device=device, dtype=self.dtype).eval().requires_grad_(False)
+        self.forward = torch.compile(gen.model) if compile else gen.model
+        self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if settings.precision == "bf16"
+                         else nullcontext())
+        self.mean = gen.latent_mean.to(device=device, dtype=self.dtype).view(1, -1, 1, 1)
+        self.std = gen.latent_std.to(device=device, dtype=self.dtype).view(1, -1, 1, 1)
+        self.decode_batch = decode_batch
+        self.timing = Timing()
+
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        with self.autocast:
+            return self.forward(x, t, y)
+
+    def latents(self, indices: list[int], labels: np.ndarray | None) -> torch.Tensor:
+        s = self.settings
+        noise = SampleNoise(s.seed, indices, self.gen.latent_shape, self.device)
+        x1 = noise.draw().to(self.dtype)
+        y = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        common = dict(cfg_scale=s.cfg_scale, guidance_low=s.guidance_low, guidance_high=s.guidance_high,
+                      num_classes=self.gen.num_classes)
+        if s.mode == "sde":
+            return sde_sample(self.model_fn, x1, y, steps=s.steps, noise_fn=noise.step_noise, **common)
+        return ode_sample(self.model_fn, x1, y, steps=s.steps, heun=s.heun, **common)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        z = latents.to(self.dtype) * self.std + self.mean
+        return np.concatenate([to_uint8(self.gen.vae.decode(z[i:i + self.decode_batch]))
+                               for i in range(0, len(z), self.decode_batch)])
+
+    def __call__(self, indices: list[int], labels: np.ndarray | None) -> np.ndarray:
+        start = time.perf_counter()
+        latents = self.latents(indices, labels)
+        _sync(self.device)
+        middle = time.perf_counter()
+        images = self.decode(latents)
+        self.timing.model_s += middle - start
+        self.timing.decode_s += time.perf_counter() - middle
+        self.timing.images += len(indices)
+        return images
+
+
+#################################################################################
+#                                   Full run                                    #
+#################################################################################
+
+def manifest_settings(settings: SampleSettings, gen: SamplingModel, device: torch.device) -> dict[str, Any]:
+    s = asdict(settings)
+    s["labels"] = describe_labels(settings.labels, gen.num_classes, settings.class_id)
+    s.pop("class_id")
+    s["noise_device"] = device.type  # CPU and CUDA generators draw different numbers
+    s["model_sha256"] = gen.identity.get("model_sha256")
+    s["vae_sha256"] = gen.identity.get("vae_sha256")
+    return dict(sorted(s.items()))
+
+
+def sample_to_folder(gen: SamplingModel, settings: SampleSettings, out: Path, dist, *, batch_size: int,
+                     compile: bool = False, show: bool = True, writers: int = 4,
+                     guard: Callable[[Path], AbstractContextManager] = lambda out: nullcontext()) -> dict[str, Any]:
+    """Fill OUT with `settings.count` samples (resuming), then the .npz; returns the manifest.
+
+    `guard(out)` is held around the run (a hook for an exclusive lock on OUT).
+    """
+    folder = SampleFolder(out, settings.count)
+    described = manifest_settings(settings, gen, dist.device)
+    with guard(Path(out)):
+        existing = folder.check(described)  # every rank checks before anything is written
+        if existing is not None and existing.get("status") == "complete" and folder.npz.is_file():
+            info(f"{out} is already complete ({settings.count} images); nothing to do", show and dist.is_main)
+            return existing
+        began = time.perf_counter()
+        if dist.is_main:
+            folder.tidy()
+            manifest = _manifest(described, settings, gen, existing, status="running")
+            folder.write_manifest(manifest)
+        dist.barrier()
+
+        labels = make_labels(settings.labels, settings.count, gen.num_classes, settings.seed, settings.class_id)
+        todo = folder.missing(range(dist.rank, settings.count, dist.world))
+        done = settings.count - len(folder.missing(range(settings.count))) if dist.is_main else 0
+        drawer = Drawer(gen, settings, dist.device, compile=compile)
+        pending: list[Future] = []
+        with ThreadPoolExecutor(max_workers=writers) as pool, \
+                progress_bar("sampling", settings.count, completed=done, show=show and dist.is_main) as bar:
+            for start in range(0, len(todo), batch_size):
+                indices = todo[start:start + batch_size]
+                images = drawer(indices, None if labels is None else labels[indices])
+                pending += [pool.submit(folder.write_png, i, image) for i, image in zip(indices, images)]
+                waited = time.perf_counter()
+                while len(pending) > 2 * batch_size:  # bound the images held in memory
+                    pending.pop(0).result()
+                drawer.timing.write_wait_s += time.perf_counter() - waited
+                bar.advance(len(indices) * dist.world)
+            waited = time.perf_counter()
+            for future in pending:
+                future.result()
+            drawer.timing.write_wait_s += time.perf_counter() - waited
+        dist.barrier()
+
+        manifest = None
+        if dist.is_main:
+            missing = folder.missing(range(settings.count))
+            if missing:
+                raise UserError(f"--out {out}: {len(missing)} samples missing after the run (first: "
+                                f"{folder.png(missing[0])}); rerun the same command")
+            npz_start = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=writers) as pool:
+                first = folder.read_png(0)
+                write_npz(folder.npz, folder.read_all(pool), settings.count, first.shape[0], first.shape[1], labels)
+            drawer.timing.npz_s = time.perf_counter() - npz_start
+            manifest = _manifest(described, settings, gen, folder.read_manifest(), status="complete",
+                                 run=_run_record(drawer.timing, time.perf_counter() - began, dist, batch_size,
+                                                 len(todo)),
+                                 image_size=list(first.shape[:2]))
+            folder.write_manifest(manifest)
+            info(f"{settings.count} images in {folder.images}, ADM batch {folder.npz}", show)
+        dist.barrier()
+        return manifest or folder.read_manifest()
+
+
+def _run_record(timing: Timing, seconds: float, dist, batch_size: int, drawn: int) -> dict[str, Any]:
+    return {"seconds": round(seconds, 3), "images_drawn_by_rank0": drawn, "world_size": dist.world,
+            "batch_size": batch_size, "device": str(dist.device),
+            "model_s": round(timing.model_s, 3), "decode_s": round(timing.decode_s, 3),
+            "write_wait_s": round(timing.write_wait_s, 3), "npz_s": round(timing.npz_s, 3)}
+
+
+def _manifest(described, settings: SampleSettings, gen: SamplingModel, existing, *, status: str,
+              run: dict[str, Any] | None = None, image_size=None) -> dict[str, Any]:
+    runs = list((existing or {}).get("runs", []))
+    if run is not None:
+        runs.append(run)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "status": status,
+        "settings": described,
+        "sampler": (f"ode-{'heun' if settings.heun else 'euler'}" if settings.mode == "ode" else "sde-euler-maruyama"),
+        "nfe": settings.nfe,
+        "cfg": {"scale": settings.cfg_scale, "interval": [settings.guidance_low, settings.guidance_high],
+                "channels": "all", "null_class": gen.num_classes if gen.num_classes else None},
+        "num_classes": gen.num_classes,
+        "model": {k: v for k, v in gen.identity.items() if k.startswith("model")},
+        "vae": {k: v for k, v in gen.identity.items() if k.startswith("vae")},
+        "files": {"images": "images/", "npz": "samples.npz"},
+        "runs": runs,
+        "seconds": round(sum(r["seconds"] for r in runs), 3),
+    }
+    if image_size is not None:
+        manifest["image_size"] = image_size
+    return manifest
+
+
+#################################################################################
+#                                 Preview grid                                  #
+#################################################################################
+
+def sample_grid(gen: SamplingModel, settings: SampleSettings, path: Path, device: torch.device, *, rows: int,
+                columns: int, batch_size: int, compile: bool = False) -> Path:
+    """rows classes (spread over the label range, or --class) x columns samples -> one PNG."""
+    if gen.num_classes:
+        classes = [settings.class_id] * rows if settings.class_id is not None else grid_classes(rows, gen.num_classes)
+        labels = np.repeat(np.asarray(classes, dtype=np.int64), columns)
+        names = [f"class {k}" for k in classes]
+    else:
+        labels, names = None, [""] * rows
+    indices = list(range(len(names) * columns))
+    drawer = Drawer(gen, settings, device, compile=compile)
+    images = np.concatenate([drawer(indices[i:i + batch_size], None if labels is None else labels[i:i + batch_size])
+                             for i in range(0, len(indices), batch_size)])
+    return save_grid(Path(path), images, names, columns)
+
+
+__all__ = ["SamplingModel", "SampleSettings", "Drawer", "GRID", "resolve_precision",
+           "sample_to_folder", "sample_grid", "to_uint8"]
