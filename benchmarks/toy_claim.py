@@ -68,7 +68,7 @@ def one_run(args, arm: str, seed: int, ref: Path) -> dict:
         "--num-images", str(args.num_images), "--steps", str(args.vae_steps), "--seed", str(seed),
         *ARMS[arm], *args.vae_args, *common, "--out", str(out / "vae")], log)
     seconds["cache-latents"] = run(sendvae + [
-        "cache-latents", "shapes", "--vae", str(out / "vae" / "export"), "--num-images", str(args.num_images),
+        "cache-latents", "shapes", "--vae", str(out / "vae" / "export"), "--resolution", "64", "--num-images", str(args.num_images),
         *common, "--out", str(out / "latents.h5")], log)
     seconds["train-sit"] = run(sendvae + [
         "train-sit", str(out / "latents.h5"), "--preset", "tiny", "--model", args.sit_model, "--teacher", args.teacher,

@@ -56,7 +56,7 @@ step train-vae "$OUT/vae/export" \
 
 # 2. Its latents (posterior mean and std) of the training images, with whole-set statistics.
 step cache-latents "$OUT/latents.h5" \
-    $SENDVAE cache-latents shapes --vae "$OUT/vae/export" --num-images "$NUM_IMAGES" --out "$OUT/latents.h5"
+    $SENDVAE cache-latents shapes --vae "$OUT/vae/export" --resolution 64 --num-images "$NUM_IMAGES" --out "$OUT/latents.h5"
 
 # 3. A class-conditional SiT on those latents, REPA-aligned to the same teacher (run on the images).
 step train-sit "$OUT/sit/export" \

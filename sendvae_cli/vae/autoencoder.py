@@ -135,6 +135,8 @@ VAE_CONFIGS: dict[str, VAEConfig] = {
                            resolution=64, z_channels=8, embed_dim=8, norm_groups=8),
     "small-f8d8": VAEConfig(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(),
                             resolution=64, z_channels=8, embed_dim=8, norm_groups=8),
+    "tiny-f4d4": VAEConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
+                           resolution=64, z_channels=4, embed_dim=4, norm_groups=8),
 }
 
 

@@ -79,6 +79,8 @@ VAE_BASES = [
              description="tiny f8d8 (ch 16, 4 levels), random init: the CPU main job's VAE at 64 px"),
     _scratch("small-f8d8", name="small-f8",
              description="small f8d8 (ch 32, 4 levels), random init: CPU experiments at 64 px"),
+    _scratch("tiny-f4d4", name="tiny-f4",
+             description="tiny f4d4 (ch 16, 3 levels), random init: a 16x16 latent at 64 px, CPU runs"),
 ]
 
 
