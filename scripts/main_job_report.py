@@ -46,17 +46,11 @@ def _read_json(path: Path):
 
 
 def _fd(fid: dict | None) -> tuple[str, float | None]:
-    """(name, value) of the Frechet distance in a `sendvae fid` JSON, whatever its extractor."""
+    """(name, value) of the Frechet distance in a `sendvae fid` JSON (FID, or FD_<extractor>)."""
     if not fid:
         return "FD", None
-    for key in ("fd", "fid", "FD", "FID"):
-        if isinstance(fid.get(key), (int, float)):
-            return fid.get("fd_name", key.upper()), float(fid[key])
-    metrics = fid.get("metrics") or {}
-    for key, value in metrics.items():
-        if key.lower() in ("fd", "fid") or key.lower().startswith("fd"):
-            return key, float(value)
-    return "FD", None
+    value = (fid.get("metrics") or {}).get("fd")
+    return fid.get("fd_name", "FD"), (float(value) if value is not None else None)
 
 
 def collect(out: Path) -> dict:

@@ -175,13 +175,14 @@ class VAETrainer(loop.Trainer):
         out = {"grad_norm": float(clip_grad_norm(self.model.parameters(), cfg.grad_clip))}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        for x, recon in self.stash:
-            d_terms = loss_fn.discriminator_loss(x, recon, ctx.step)
-            (d_terms["loss"] / ctx.accumulation).backward()
-            out["disc_loss"] = out.get("disc_loss", 0.0) + float(d_terms["loss"].detach()) / ctx.accumulation
-        clip_grad_norm(self.discriminator.parameters(), cfg.grad_clip)
-        self.disc_optimizer.step()
-        self.disc_optimizer.zero_grad(set_to_none=True)
+        if cfg.gan_weight > 0:  # at --gan-weight 0 nothing reads the discriminator: skip its two passes
+            for x, recon in self.stash:
+                d_terms = loss_fn.discriminator_loss(x, recon, ctx.step)
+                (d_terms["loss"] / ctx.accumulation).backward()
+                out["disc_loss"] = out.get("disc_loss", 0.0) + float(d_terms["loss"].detach()) / ctx.accumulation
+            clip_grad_norm(self.discriminator.parameters(), cfg.grad_clip)
+            self.disc_optimizer.step()
+            self.disc_optimizer.zero_grad(set_to_none=True)
         self.stash = []
         return out
 
