@@ -13,11 +13,12 @@ def bash_blocks(text):
     return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
 
 
-def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
+def test_readme_opens_with_the_main_job_and_the_tests_and_ci_runs_the_tests():
     readme = (REPO / "README.md").read_text()
     blocks = bash_blocks(readme)
-    main_job, tests = blocks[0].strip(), blocks[1].strip()
-    assert "sendvae train-vae shapes" in main_job and "pip install" in main_job
+    main_job, listed, tests = (block.strip() for block in blocks[:3])
+    assert main_job.endswith("scripts/main_job.sh") and "pip install" in main_job
+    assert "sendvae train-vae shapes" in listed  # the commands the main job runs, one per line
     assert tests.endswith("python -m pytest")
     ci = (REPO / ".ci" / "run").read_text()
     assert tests in ci
