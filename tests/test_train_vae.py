@@ -35,7 +35,7 @@ def reference(tmp_path_factory):
 def test_run_folder_contents(reference):
     assert (reference / "config.json").exists()
     config = json.loads((reference / "config.json").read_text())
-    assert config["teacher"] == "dinov2-s" and config["total_steps"] == 12 and config["lr"] == 3e-4
+    assert config["teacher"] == "dinov2-s" and config["total_steps"] == 12 and config["lr"] == 1e-3
     assert (reference / "checkpoints" / "latest").read_text() == "step-000012"
     assert sorted(p.name for p in (reference / "samples").iterdir()) == ["recon-000006.png", "recon-000012.png"]
     steps = [s for s, _ in losses(reference)]
