@@ -39,7 +39,7 @@ from sendvae_cli.distributed import init
 from sendvae_cli.generate.pipeline import SamplingModel, SampleSettings, sample_to_folder
 from sendvae_cli.generators.sit import SiT, build_sit
 from sendvae_cli.vae.autoencoder import VAE_CONFIGS
-from sendvae_cli.vae.weights import build_model
+from sendvae_cli.vae.formats import build_model
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -21,7 +21,7 @@ RUN = ["-n", "50", "--mode", "sde", "--steps", "4", "--cfg", "2.0", "--guidance-
 def tiny_vae(folder, seed):
     from sendvae_cli.vae.autoencoder import VAE_CONFIGS
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.weights import build_model
+    from sendvae_cli.vae.formats import build_model
 
     torch.manual_seed(seed)
     return export_vae(build_model(VAE_CONFIGS["tiny-f16d8"]), folder)
@@ -231,7 +231,7 @@ def test_repae_checkpoint_with_vae_and_latent_stats(tmp_path):
     from sendvae_cli.generators.sit import build_sit
     from sendvae_cli.vae.autoencoder import VAEConfig
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.weights import build_model
+    from sendvae_cli.vae.formats import build_model
 
     torch.manual_seed(0)
     sit = build_sit("SiT-tiny/1", input_size=8, in_channels=4, num_classes=1000)
@@ -265,7 +265,7 @@ def test_repa_checkpoint_takes_the_statistics_beside_the_vae(tmp_path):
     from sendvae_cli.generators.export import export_repa_checkpoint
     from sendvae_cli.generators.sit import build_sit
     from sendvae_cli.vae.autoencoder import VAEConfig
-    from sendvae_cli.vae.weights import build_model
+    from sendvae_cli.vae.formats import build_model
 
     torch.manual_seed(0)
     checkpoint = export_repa_checkpoint(build_sit("SiT-tiny/1", input_size=8, in_channels=4, num_classes=1000),

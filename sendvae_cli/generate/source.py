@@ -32,7 +32,7 @@ def _vae_digest(model: torch.nn.Module) -> str:
 
 
 def _holds_a_vae(path: Path) -> bool:
-    from sendvae_cli.vae.weights import find_vae_state, read_tensor_file
+    from sendvae_cli.vae.formats import find_vae_state, read_tensor_file
 
     try:
         find_vae_state(read_tensor_file(path, "MODEL"), path, "MODEL")
@@ -79,7 +79,7 @@ def open_generator(model_path: Path, *, vae: str | None = None, latent_stats: Pa
     """`build(generator_name, arch) -> model` rebuilds plugin generators (the registry's); see load_generator_export."""
     from sendvae_cli.generators.export import load_generator_export, looks_like_generator
     from sendvae_cli.vae.open import open_vae
-    from sendvae_cli.vae.weights import read_latent_stats
+    from sendvae_cli.vae.formats import read_latent_stats
 
     model_path = Path(model_path).expanduser()
     if not looks_like_generator(model_path):
