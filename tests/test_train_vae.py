@@ -93,8 +93,8 @@ def test_rerun_of_a_finished_run_changes_nothing(reference):
 
 def test_other_configuration_on_the_same_run_folder_is_refused(reference):
     before = (reference / "config.json").read_text()
-    proc = run_cli("train-vae", *TINY, "--lr", "1e-3", "--out", reference, check=False)
-    assert proc.returncode == 2 and "another configuration (lr: 0.0003 there, 0.001 now)" in proc.stderr
+    proc = run_cli("train-vae", *TINY, "--lr", "3e-4", "--out", reference, check=False)
+    assert proc.returncode == 2 and "another configuration (lr: 0.001 there, 0.0003 now)" in proc.stderr
     assert (reference / "config.json").read_text() == before
 
 
