@@ -91,7 +91,7 @@ def one_run(args, arm: str, seed: int, ref: Path) -> dict:
     probe = json.loads((out / "probe" / "probe.json").read_text())["results"][0]
     recon = json.loads((out / "recon" / "recon.json").read_text())["results"][0]
     return {"arm": arm, "seed": seed, "fd_name": fd_name, "fd": fd, "probe_macro_f1": probe["metrics"]["macro_f1"],
-            "probe_micro_f1": probe["metrics"].get("micro_f1"), "psnr": recon.get("psnr"),
+            "probe_micro_f1": probe["metrics"].get("micro_f1"), "psnr": recon["metrics"]["psnr"],
             "seconds": {k: round(v, 1) for k, v in seconds.items()}, "out": str(out)}
 
 
