@@ -8,8 +8,9 @@ nothing else is ever unpickled. A folder is searched for the usual weight file n
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -167,3 +168,52 @@ def hf_hint(repo_id: str, filename: str | None = None) -> str:
         f"It is looked up in the Hugging Face cache (HF_HOME, default ~/.cache/huggingface) as {what}; "
         f"on a machine with network run `hf download {repo_id}` and copy the cache here."
     )
+
+
+# --------------------------------------------------------------------------------------------
+#                     Writing safetensors: the same tensors give the same bytes
+# --------------------------------------------------------------------------------------------
+
+_SAFETENSORS_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+
+
+def save_safetensors(tensors, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` (name -> torch tensor) as a safetensors file whose bytes depend only on
+    the tensors and `metadata`: names sorted, data in that order, a compact sorted JSON header.
+
+    `safetensors.torch.save_file` orders its header as a hash map does, so identical weights gave
+    files with different bytes and digests. Every safetensors file the toolkit writes goes
+    through here (checkpoints, exports, ...); readers are unchanged (`safetensors.torch.load_file`).
+    The file is written in place and streamed tensor by tensor: wrap the call in
+    `sendvae_cli.io.atomic_file` to publish it atomically, as the checkpoint and export writers do.
+    Errors are plain OSErrors (a full disk is `ENOSPC`), which `sendvae_cli.io.write_errors` reports.
+    """
+    import torch
+
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    offset = 0
+    ordered = []
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        dtype = _SAFETENSORS_DTYPES.get(str(tensor.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise ValueError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
+        tensor = tensor.to("cpu").contiguous()
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        ordered.append(tensor)
+        offset += size
+    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for tensor in ordered:
+            if tensor.numel():
+                f.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
