@@ -23,7 +23,8 @@ How it works, and why it is safe:
   file just before it was deleted notices, after locking, that its file is no longer the one at
   `OUT.lock`, and starts over, so two runs can never both believe they hold it.
 * Within one process the same output cannot be locked twice (POSIX locks do not exclude their
-  own process, so that is checked here).
+  own process, so that is checked here). An output inside one this process already holds (the
+  export folder inside a training run's folder) is covered by that lock and takes none of its own.
 
 Only rank 0 of a multi-process run should hold the lock (pass `enabled=dist.is_main`); the
 other ranks write nothing outside the blocks rank 0 assigned them.
@@ -102,9 +103,12 @@ def hold_output_lock(output: Path, *, option: str = "--out", enabled: bool = Tru
         return
     output = Path(output).expanduser()
     path = lock_path(output)
-    key = str(path.resolve()) if path.parent.exists() else str(path.absolute())
-    if key in _HELD:
+    key = output.resolve()
+    if str(key) in _HELD:
         raise UserError(f"{option} {output}: already being written by this process (pid {os.getpid()})")
+    if any(str(parent) in _HELD for parent in key.parents):
+        yield  # inside an output this process holds: covered by its lock
+        return
     from sendvae_cli.io import write_errors
 
     unsupported = False
@@ -117,15 +121,14 @@ def hold_output_lock(output: Path, *, option: str = "--out", enabled: bool = Tru
                 raise
             unsupported = True
     if unsupported:
-        from sendvae_cli.progress import warn
-
-        warn(f"{path}: this file system does not support locks; nothing stops two runs on {output}")
+        print(f"warning: {path}: this file system does not support locks; nothing stops two runs on {output}",
+              file=sys.stderr)
         yield
         return
     if fd is None:
         raise UserError(f"{option} {output}: in use by another sendvae run ({_describe_holder(path)}); "
                         f"wait for it to finish or stop it, then rerun")
-    _HELD.add(key)
+    _HELD.add(str(key))
     try:
         holder = {
             "pid": os.getpid(),
@@ -140,7 +143,7 @@ def hold_output_lock(output: Path, *, option: str = "--out", enabled: bool = Tru
             pass  # a full disk: the lock holds all the same, only the holder's details are missing
         yield
     finally:
-        _HELD.discard(key)
+        _HELD.discard(str(key))
         try:
             os.unlink(path)  # while still locked: see the module docstring
         except OSError:

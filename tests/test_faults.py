@@ -322,9 +322,28 @@ def test_the_lock_excludes_only_while_held(tmp_path):
         with pytest.raises(UserError, match="already being written by this process"):
             with hold_output_lock(out):
                 pass
+        with hold_output_lock(out / "export"):  # inside an output this process holds: covered by it
+            assert not lock_path(out / "export").exists()
     assert not lock_path(out).exists()
     with hold_output_lock(out):  # free again
         pass
+
+
+def test_an_export_folder_in_use_elsewhere_is_refused(tmp_path):
+    from sendvae_cli.vae.autoencoder import VAE_CONFIGS
+    from sendvae_cli.vae.export import export_vae
+    from sendvae_cli.vae.weights import build_model
+
+    folder = tmp_path / "vae"
+    with held_by_another_process(folder) as holder:
+        with pytest.raises(UserError, match=f"export folder {folder}: in use by another sendvae run.*pid {holder.pid}"):
+            export_vae(build_model(VAE_CONFIGS["tiny-f16d8"]), folder)
+    assert not folder.exists()
+    # A temporary a killed export left beside the folder is removed by the next export.
+    stale = tmp_path / ".vae.tmp-999999999-0123abcd"
+    stale.mkdir()
+    export_vae(build_model(VAE_CONFIGS["tiny-f16d8"]), folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch
 
 from sendvae_cli.errors import UserError
 from sendvae_cli.io import atomic_file, fsync_folder, remove_stale_temporaries, temporary_sibling, write_errors
+from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.weights import file_sha256, save_safetensors
 from sendvae_cli.vae.autoencoder import AutoencoderKL, VAEConfig, config_name
 from sendvae_cli.vae.weights import LoadedVAE, build_model, check_fits, diffusers_config, ldm_to_diffusers
@@ -62,11 +63,16 @@ def _stats_list(values, channels: int, name: str) -> list[float] | None:
 def _write_folder(folder: Path, writers: list[tuple[str, Callable[[Path], None]]]) -> Path:
     """Run each (file name, writer(path)) so that `folder` ends up holding them all, crash-safely.
 
-    Temporaries left by a killed export (`.NAME.tmp-PID-TAG`, beside the folder and inside it)
-    are removed first; a full or read-only disk is one line naming the file, and whatever was
+    One export at a time per folder (`hold_output_lock`). Temporaries left by a killed export
+    (`.NAME.tmp-PID-TAG`, beside the folder and inside it) are removed first; a full or read-only disk is one line naming the file, and whatever was
     there before (an earlier export) stays as it was.
     """
     folder = Path(folder).expanduser()
+    with hold_output_lock(folder, option="export folder"):
+        return _write_folder_locked(folder, writers)
+
+
+def _write_folder_locked(folder: Path, writers: list[tuple[str, Callable[[Path], None]]]) -> Path:
     with write_errors(folder):
         folder.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(folder.parent, folder.name)
