@@ -3,6 +3,8 @@
 * `atomic_file(path)` / `write_json_atomic(path, value)`: write a temporary name beside `path`
   (`.NAME.tmp-PID-TAG`), fsync, rename: a reader never sees half a file, a crash leaves the old
   one. `remove_stale_temporaries(folder)` deletes those a killed process left behind.
+* `save_safetensors(tensors, path, metadata)`: the one safetensors writer; the same tensors
+  always give the same bytes (and digest).
 * `write_errors(path, needed=..., kept=...)`: a full disk, quota, read-only file system or
   missing permission becomes a `UserError` naming `path` (and the space needed, when known)
   that ends in "rerun to continue"; any other error passes through unchanged.
@@ -21,7 +23,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from sendvae_cli.errors import UserError
 
@@ -203,3 +205,61 @@ def atomic_file(path: Path, *, needed: int | None = None) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
             raise
     fsync_folder(path.parent)
+
+
+def umask() -> int:
+    """The process's file-creation mask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+#                     Writing safetensors: the same tensors give the same bytes
+# --------------------------------------------------------------------------------------------
+
+_SAFETENSORS_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+
+
+def save_safetensors(tensors: Mapping[str, Any], path: Path, metadata: Mapping[str, str] | None = None) -> None:
+    """Write `tensors` (name -> torch tensor) as a safetensors file whose bytes depend only on
+    the tensors and `metadata`: names sorted, data in that order, a compact sorted JSON header.
+    The file is created by `open()`, so it gets the permissions of any file the user writes
+    (0644 under umask 022), not safetensors' owner-only 0600.
+
+    `safetensors.torch.save_file` orders its header as a hash map does, so identical weights gave
+    files with different bytes and digests. Every safetensors file the toolkit writes goes
+    through here (checkpoints, exports, ...); readers are unchanged (`safetensors.torch.load_file`).
+    The file is written in place and streamed tensor by tensor: wrap the call in
+    `atomic_file` to publish it atomically, as the checkpoint and export writers do.
+    Errors are plain OSErrors (a full disk is `ENOSPC`), which `write_errors` reports.
+    """
+    import torch
+
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    offset = 0
+    ordered = []
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        dtype = _SAFETENSORS_DTYPES.get(str(tensor.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise ValueError(f"{name}: dtype {tensor.dtype} cannot be stored in safetensors")
+        tensor = tensor.to("cpu").contiguous()
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        ordered.append(tensor)
+        offset += size
+    encoded = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for tensor in ordered:
+            if tensor.numel():
+                f.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))

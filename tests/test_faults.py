@@ -29,7 +29,7 @@ from sendvae_cli.caches.h5rows import CHECKS, PROGRESS, ArraySpec, RowCache, bat
 from sendvae_cli.errors import UserError
 from sendvae_cli.io import write_error_message, write_errors
 from sendvae_cli.locks import hold_output_lock, lock_path
-from sendvae_cli.weights import save_safetensors
+from sendvae_cli.io import save_safetensors
 
 EXTRACT = ["extract", "shapes", "--teacher", "dinov2-s", "--random-weights", "--num-images", "16",
            "--resolution", "64", "--batch-size", "4", "--block-rows", "8", "--workers", "0", "--quiet"]
@@ -332,7 +332,7 @@ def test_the_lock_excludes_only_while_held(tmp_path):
 def test_an_export_folder_in_use_elsewhere_is_refused(tmp_path):
     from sendvae_cli.vae.autoencoder import VAE_CONFIGS
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.weights import build_model
+    from sendvae_cli.vae.formats import build_model
 
     folder = tmp_path / "vae"
     with held_by_another_process(folder) as holder:

@@ -7,7 +7,7 @@
 A checkpoint is written into `step-XXXXXX.tmp/` and renamed when complete, then `latest` is
 replaced atomically: a crash at any moment leaves the previous checkpoint as "latest", and a
 full or read-only disk is one line (`sendvae_cli.io.write_errors`) with the previous checkpoint
-kept. Weights go through `sendvae_cli.weights.save_safetensors`, so the same training state
+kept. Weights go through `sendvae_cli.io.save_safetensors`, so the same training state
 gives the same bytes.
 """
 
@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import atomic_file, fsync_folder, remove_stale_temporaries, write_errors
-from sendvae_cli.weights import save_safetensors
+from sendvae_cli.io import atomic_file, fsync_folder, remove_stale_temporaries, save_safetensors, write_errors
 
 LATEST = "latest"
 

@@ -28,11 +28,12 @@ from typing import Any, Callable, Mapping
 import torch
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import atomic_file, fsync_folder, remove_stale_temporaries, temporary_sibling, write_errors
+from sendvae_cli.io import (atomic_file, fsync_folder, remove_stale_temporaries, save_safetensors, temporary_sibling,
+                            write_errors)
 from sendvae_cli.locks import hold_output_lock
-from sendvae_cli.weights import file_sha256, save_safetensors
+from sendvae_cli.weights import file_sha256
 from sendvae_cli.vae.autoencoder import AutoencoderKL, VAEConfig, config_name
-from sendvae_cli.vae.weights import LoadedVAE, build_model, check_fits, diffusers_config, ldm_to_diffusers
+from sendvae_cli.vae.formats import LoadedVAE, build_model, check_fits, diffusers_config, ldm_to_diffusers
 
 FORMAT = "sendvae-vae"
 FORMAT_VERSION = 1
@@ -204,7 +205,7 @@ def export_diffusers(model: AutoencoderKL | LoadedVAE, folder: Path, *, latent_m
     """Write a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors).
 
     `diffusers.AutoencoderKL.from_pretrained(folder)` loads it. Per-channel statistics go to
-    latents_mean / latents_std with scaling_factor 1.0 (see `weights.diffusers_config`).
+    latents_mean / latents_std with scaling_factor 1.0 (see `formats.diffusers_config`).
     """
     if isinstance(model, LoadedVAE):
         latent_mean = model.latent_mean if latent_mean is None else latent_mean
