@@ -3,12 +3,13 @@
 Slow (minutes): `pytest -m slow tests/test_kill_anywhere.py -s` prints one line per trial and a
 summary ("N trials, N identical resumes"). Each command is run once uninterrupted for reference;
 each trial starts it afresh and, once it has begun writing, kills it at a random moment of the
-reference's writing time (so the kill lands in computing, the merge, a rename, a checkpoint
-or the export, as chance has it),
-reruns it to the end and compares every output file with the reference.
+reference's writing time (from that first write to its last output), so the kill lands in
+computing, the merge, a rename, a checkpoint or the export as chance has it; then reruns it to
+the end and compares every output file with the reference.
 
 A new command that writes resumable outputs (train-sit, sample, ...) joins by adding a row to
-COMMANDS: its arguments and the files whose bytes must match.
+COMMANDS: its arguments, its --out name, the files whose bytes must match, and the file whose
+appearance means it has begun writing.
 """
 
 import os
@@ -101,8 +102,10 @@ def test_kill_9_anywhere_then_rerun_gives_identical_outputs(tmp_path):
         ref = tmp_path / f"ref-{name}"
         ref.mkdir()
         proc, began = start(command, ref, env)
+        while proc.poll() is None and not all((ref / f).exists() for f in command.compared):
+            time.sleep(0.01)
+        work = time.perf_counter() - began  # from the first write to the last output: what the kills sample
         assert proc.wait(timeout=900) == 0
-        work = time.perf_counter() - began  # from the first write to the end: what the kills sample
         for trial in range(TRIALS_PER_COMMAND):
             folder = tmp_path / f"{name}-{trial}"
             folder.mkdir()
