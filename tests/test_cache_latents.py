@@ -94,11 +94,12 @@ def test_kill_9_then_rerun_gives_the_same_file(reference, tmp_path):
     parts = tmp_path / "k.h5.parts"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     interrupted = False
-    for delay in (1.0, 0.3, 2.5, 0.05):
+    for delay in (0.3, 0.05, 1.0, 0.0):
         proc = subprocess.Popen([sys.executable, "-m", "sendvae_cli", "cache-latents", *SMALL, "--out", str(out)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
-        while not (parts / "block-000000.h5").exists() and proc.poll() is None and time.time() < deadline:
+        # Wait for the first counted rows (not just the block files), however busy the machine is.
+        while proc.poll() is None and time.time() < deadline and not (parts_progress(out) or {}).get("rows_done"):
             time.sleep(0.02)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)

@@ -1,5 +1,6 @@
 """`sendvae train-vae` end to end on CPU: tiny VAE, random teacher, real processes."""
 
+import errno
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import invoke, run_cli
 
 # The tiny preset trains without the GAN; these tests keep it on so that its step is covered too.
 TINY = ["shapes", "--teacher", "dinov2-s", "--random-weights", "--vae", "tiny", "--preset", "tiny", "--gan-weight", "0.1",
@@ -77,10 +78,53 @@ def test_kill_9_and_rerun_gives_bit_identical_weights(reference, tmp_path):
     new = load_file(str(out / "export" / "vae.safetensors"))
     assert ref.keys() == new.keys()
     assert all(torch.equal(ref[k], new[k]) for k in ref)
+    assert same_export(out, reference)
     ref_ck = load_file(str(reference / "checkpoints" / "step-000012" / "weights.safetensors"))
     new_ck = load_file(str(out / "checkpoints" / "step-000012" / "weights.safetensors"))
     assert all(torch.equal(ref_ck[k], new_ck[k]) for k in ref_ck)  # VAE, mapper and discriminator
     assert losses(out) == losses(reference)
+
+
+def same_export(run, reference) -> bool:
+    """Byte for byte: weights, vae.json (with its weights_sha256) and the last checkpoint's weights."""
+    files = ["export/vae.safetensors", "export/vae.json", "checkpoints/step-000012/weights.safetensors"]
+    return all((run / f).read_bytes() == (reference / f).read_bytes() for f in files)
+
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(reference, tmp_path, monkeypatch):
+    from sendvae_cli.train import checkpoint
+
+    out = tmp_path / "full"
+    real = checkpoint.save_safetensors
+    calls = []
+
+    def full_disk_at_the_second(tensors, path, metadata=None):  # a fault-injecting wrapper
+        calls.append(path)
+        if len(calls) == 2:
+            path.write_bytes(b"half a file")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(tensors, path, metadata)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "save_safetensors", full_disk_at_the_second)
+        proc = invoke("train-vae", *TINY, "--out", out)
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert f"{out / 'checkpoints' / 'step-000008.tmp'}: no space left on the device" in lines[0]
+    assert "the last checkpoint, step-000004, is kept" in lines[0] and "needs about" in lines[0]
+    assert "rerun to continue" in lines[0]
+    assert (out / "checkpoints" / "latest").read_text() == "step-000004"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-000004"]
+    run_cli("train-vae", *TINY, "--out", out)  # space freed: the rerun continues from step 4
+    assert same_export(out, reference)
+
+
+def test_two_identical_runs_export_identical_bytes(reference, tmp_path):
+    out = tmp_path / "again"
+    run_cli("train-vae", *TINY, "--out", out)
+    assert same_export(out, reference)
+    info = json.loads((out / "export" / "vae.json").read_text())
+    assert info["weights_sha256"] == json.loads((reference / "export" / "vae.json").read_text())["weights_sha256"]
 
 
 def test_rerun_of_a_finished_run_changes_nothing(reference):

@@ -23,6 +23,7 @@ import queue
 import shutil
 import threading
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -31,7 +32,7 @@ import torch
 from sendvae_cli.caches.h5rows import RowCache, batches
 from sendvae_cli.data.source import ImageSource, to_model_range
 from sendvae_cli.distributed import Dist
-from sendvae_cli.io import write_json_atomic
+from sendvae_cli.io import write_errors, write_json_atomic
 from sendvae_cli.progress import info, progress_bar
 
 Step = Callable[[torch.Tensor, torch.Tensor], Mapping[str, np.ndarray]]
@@ -76,19 +77,28 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext()
 
 
-def already_complete(cache: RowCache, dist: Dist, show: bool) -> bool:
-    """True (after tidying a stale parts folder) when OUT is finished by this configuration."""
+def side_file(cache: RowCache) -> Path:
+    """`OUT.json`: the resolved configuration of the run that wrote OUT."""
+    return cache.out.with_name(cache.out.name + ".json")
+
+
+def already_complete(cache: RowCache, dist: Dist, show: bool, resolved: Mapping[str, Any] | None = None) -> bool:
+    """True (after tidying a stale parts folder, and restoring a missing `OUT.json` from this
+    run's configuration) when OUT is finished by this configuration."""
     if not cache.existing_complete():
         return False
     if dist.is_main and cache.parts.exists():
         shutil.rmtree(cache.parts, ignore_errors=True)
+    if dist.is_main and resolved is not None and not side_file(cache).exists():
+        write_json_atomic(side_file(cache), dict(resolved))
     info(f"{cache.out} is already complete ({cache.num_rows} rows); nothing to do", show)
     return True
 
 
 def prepare(cache: RowCache, dist: Dist) -> None:
     if dist.is_main:
-        cache.out.parent.mkdir(parents=True, exist_ok=True)
+        with write_errors(cache.out.parent):
+            cache.out.parent.mkdir(parents=True, exist_ok=True)
         cache.prepare(is_main=True)
     dist.barrier()
 
@@ -96,7 +106,7 @@ def prepare(cache: RowCache, dist: Dist) -> None:
 def fill(cache: RowCache, source: ImageSource, dist: Dist, step: Step, *, batch_size: int, workers: int,
          label: str, show: bool) -> int:
     """Compute the rows still missing from this rank's blocks; returns how many were computed."""
-    blocks = cache.open_blocks(dist.rank, dist.world)
+    blocks = cache.open_blocks(dist.rank, dist.world, verify=True)
     todo = [(block.path, rows) for block, rows in batches(blocks, batch_size)]
     mine = sum(b.stop - b.start for b in blocks)
     done = sum(b.rows_done for b in blocks)
@@ -138,9 +148,9 @@ def finish(cache: RowCache, dist: Dist, attrs, *, extra: Mapping[str, np.ndarray
     """Wait for every rank; rank 0 merges into OUT and writes `OUT.json` (the resolved configuration)."""
     dist.barrier()
     if dist.is_main:
+        if resolved is not None:  # before OUT appears, so that OUT never exists without it
+            write_json_atomic(side_file(cache), dict(resolved))
         cache.merge(attrs, extra=extra, **merge_options)
-        if resolved is not None:
-            write_json_atomic(cache.out.with_name(cache.out.name + ".json"), dict(resolved))
         if message:
             info(message, show)
     dist.barrier()

@@ -22,6 +22,7 @@ from sendvae_cli.caches.encode_rows import autocast_for
 from sendvae_cli.caches.h5rows import ArraySpec, RowCache
 from sendvae_cli.data.source import ImageSource
 from sendvae_cli.errors import UserError
+from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.teachers.base import TOKEN_STRIDE
 
 PRODUCER = "sendvae extract"
@@ -59,9 +60,15 @@ def build_teacher(spec, options: ExtractOptions, device: torch.device):
 
 
 def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> dict[str, Any]:
-    """Extract tokens of every row of `source` into `out`; returns a summary."""
-    out = Path(out)
+    """Extract tokens of every row of `source` into `out`; returns a summary.
+
+    Rank 0 holds the lock of `out` throughout: a second run on the same output stops at once."""
     dist = distributed.init(options.device)
+    with hold_output_lock(Path(out), enabled=dist.is_main):
+        return _extract(source, spec, Path(out), options, dist)
+
+
+def _extract(source: ImageSource, spec, out: Path, options: ExtractOptions, dist) -> dict[str, Any]:
     show = dist.is_main and not options.quiet
     batch_size = options.batch_size or (64 if dist.device.type == "cuda" else 16)
     config = {
@@ -82,7 +89,8 @@ def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> di
     cache = RowCache(out, len(source), arrays, config, block_rows=options.block_rows)
     summary = {"out": str(out), "rows": len(source), "tokens": rows_ * cols_, "width": spec.width}
 
-    if encode_rows.already_complete(cache, dist, show):
+    resolved = dict(config, token_grid=[rows_, cols_], width=spec.width, batch_size=batch_size, world_size=dist.world)
+    if encode_rows.already_complete(cache, dist, show, resolved):
         return dict(summary, computed=0)
 
     teacher = build_teacher(spec, options, dist.device)
@@ -112,8 +120,7 @@ def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> di
     encode_rows.finish(
         cache, dist, attrs,
         extra={"rows": np.array(source.row_ids(), dtype=object)} if dist.is_main else None,
-        resolved=dict(config, token_grid=[rows_, cols_], width=teacher.width, batch_size=batch_size,
-                      world_size=dist.world),
+        resolved=resolved,
         message=f"wrote {out}: tokens {len(source)} x {rows_ * cols_} x {teacher.width} float16", show=show,
     )
     return dict(summary, computed=computed)

@@ -29,6 +29,7 @@ from sendvae_cli.caches.latent_dataset import (ARRAYS, FLIP_ARRAYS, FORMAT, Late
                                              read_attrs, repae_keys)
 from sendvae_cli.data.source import ImageSource
 from sendvae_cli.errors import UserError
+from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.weights import weights_sha256
 
 PRODUCER = "sendvae cache-latents"
@@ -106,9 +107,15 @@ def write_latent_cache(out: Path, mean: np.ndarray, std: np.ndarray, labels: np.
                        compression: str | None = None) -> Path:
     """A latent cache from arrays in memory, through the same blocks, merge and statistics as
     `cache_latents` (benchmarks, tests, converters). `attrs` adds or overrides attributes."""
+    out = Path(out)
+    with hold_output_lock(out):
+        return _write_latent_cache(out, mean, std, labels, mean_flip=mean_flip, std_flip=std_flip, attrs=attrs,
+                                   block_rows=block_rows, compression=compression)
+
+
+def _write_latent_cache(out, mean, std, labels, *, mean_flip, std_flip, attrs, block_rows, compression) -> Path:
     from sendvae_cli import __version__
 
-    out = Path(out)
     flip = mean_flip is not None
     shape = tuple(mean.shape[1:])
     arrays = {name: ArraySpec(shape, "float16") for name in ARRAYS + (FLIP_ARRAYS if flip else ())}
@@ -132,17 +139,21 @@ def write_latent_cache(out: Path, mean: np.ndarray, std: np.ndarray, labels: np.
 
 
 def cache_latents(source: ImageSource, out: Path, options: CacheLatentsOptions, registry=None) -> dict[str, Any]:
-    """Encode every row of `source` into `out`; returns a summary."""
-    from sendvae_cli import __version__
-    from sendvae_cli.vae.autoencoder import config_name
-
-    out = Path(out)
-    started = time.perf_counter()
+    """Encode every row of `source` into `out`; returns a summary. Rank 0 holds the lock of `out`."""
     if options.compression not in (None, *COMPRESSIONS):
         raise UserError(f"--compression {options.compression}: expected gzip or lzf")
     if len(source) == 0:
         raise UserError("DATA: holds no images; nothing to cache")
     dist = distributed.init(options.device)
+    with hold_output_lock(Path(out), enabled=dist.is_main):  # one writer per output
+        return _cache_latents(source, Path(out), options, registry, dist)
+
+
+def _cache_latents(source: ImageSource, out: Path, options: CacheLatentsOptions, registry, dist) -> dict[str, Any]:
+    from sendvae_cli import __version__
+    from sendvae_cli.vae.autoencoder import config_name
+
+    started = time.perf_counter()
     show = dist.is_main and not options.quiet
     batch_size = options.batch_size or (64 if dist.device.type == "cuda" else 16)
     loaded = open_for_cache(options, registry)
@@ -168,7 +179,9 @@ def cache_latents(source: ImageSource, out: Path, options: CacheLatentsOptions, 
     arrays["labels"] = ArraySpec((), "int64")
     cache = RowCache(out, len(source), arrays, config, block_rows=options.block_rows)
     summary = {"out": str(out), "rows": len(source), "latent_shape": list(shape), "flip": options.flip}
-    if encode_rows.already_complete(cache, dist, show):
+    resolved = dict(config, vae=options.vae, latent_shape=list(shape), batch_size=batch_size,
+                    world_size=dist.world, workers=options.workers, precision=options.precision)
+    if encode_rows.already_complete(cache, dist, show, resolved):
         return dict(summary, computed=0)
     encode_rows.prepare(cache, dist)
 
@@ -229,8 +242,7 @@ def cache_latents(source: ImageSource, out: Path, options: CacheLatentsOptions, 
     encode_rows.finish(
         cache, dist, attrs,
         extra={"rows": np.array(source.row_ids(), dtype=object)} if dist.is_main else None,
-        resolved=dict(config, vae=options.vae, latent_shape=list(shape), batch_size=batch_size,
-                      world_size=dist.world, workers=options.workers, precision=options.precision),
+        resolved=resolved,
         message=f"wrote {out}: {len(source)} rows x {'2 views x ' if options.flip else ''}"
                 f"{' x '.join(map(str, shape))} (mean, std float16)",
         show=show, compression=options.compression, observe=observer(moments),

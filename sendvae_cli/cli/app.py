@@ -33,7 +33,8 @@ def _print_error(message: str) -> None:
 
 
 def user_errors(command):
-    """Report UserError as one line (exit code 2) instead of a traceback."""
+    """Report UserError, and any write error a user can fix (full disk, read-only, permission:
+    `sendvae_cli.io.write_error_message`), as one line (exit code 2) instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -41,6 +42,14 @@ def user_errors(command):
             return command(*args, **kwargs)
         except UserError as error:
             _print_error(str(error))
+            raise typer.Exit(2) from None
+        except Exception as error:  # noqa: BLE001 - a write error a user can fix is one line too
+            from sendvae_cli.io import write_error_message
+
+            message = write_error_message(error)
+            if message is None:
+                raise
+            _print_error(message)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -5,7 +5,10 @@
     OUT/checkpoints/latest                            "step-000100"
 
 A checkpoint is written into `step-XXXXXX.tmp/` and renamed when complete, then `latest` is
-replaced atomically: a crash at any moment leaves the previous checkpoint as "latest".
+replaced atomically: a crash at any moment leaves the previous checkpoint as "latest", and a
+full or read-only disk is one line (`sendvae_cli.io.write_errors`) with the previous checkpoint
+kept. Weights go through `sendvae_cli.io.save_safetensors`, so the same training state
+gives the same bytes.
 """
 
 from __future__ import annotations
@@ -19,22 +22,28 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import save_safetensors
+from sendvae_cli.io import atomic_file, fsync_folder, remove_stale_temporaries, save_safetensors, write_errors
 
 LATEST = "latest"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of every tensor in a (nested) state: what a checkpoint needs on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -60,27 +69,49 @@ class Checkpoints:
         return path
 
     def save(self, step: int, modules: Mapping[str, nn.Module], state: Mapping[str, Any]) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Write the checkpoint of `step` and point `latest` at it.
+
+        A write error (full disk, quota, read-only) is one line naming the checkpoint and the
+        space it needs; the half-written checkpoint is removed and the previous one stays "latest".
+        """
         final = self.folder / self.name(step)
         tmp = self.folder / (self.name(step) + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         tensors = {}
         for prefix, module in modules.items():
             for key, value in unwrap(module).state_dict().items():
                 tensors[f"{prefix}.{key}"] = value.detach().contiguous().cpu()
-        save_safetensors(tensors, tmp / "weights.safetensors")
-        torch.save(dict(state, step=step), tmp / "state.pt")
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer_tmp = self.folder / (LATEST + ".tmp")
-        pointer_tmp.write_text(final.name)
-        os.replace(pointer_tmp, self.folder / LATEST)
-        _fsync_dir(self.folder)
+        state = dict(state, step=step)
+        previous = self.folder / LATEST
+        kept = (f"the last checkpoint, {previous.read_text().strip()}, is kept" if previous.is_file()
+                else "no earlier checkpoint")
+        with write_errors(tmp, needed=tensor_bytes(tensors) + tensor_bytes(state), kept=kept):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            try:
+                save_safetensors(tensors, tmp / "weights.safetensors")
+                with open(tmp / "state.pt", "wb") as f:  # a file object: a full disk is an OSError
+                    torch.save(state, f)
+                for name in ("weights.safetensors", "state.pt"):
+                    _fsync_file(tmp / name)
+                fsync_folder(tmp)
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # frees its space; "latest" is untouched
+                raise
+        with atomic_file(self.folder / LATEST) as pointer:
+            pointer.write_text(final.name)
         self._prune(keep_name=final.name)
         return final
+
+    def remove_unfinished(self) -> None:
+        """Delete checkpoints a killed run left half-written (`step-XXXXXX.tmp`, `.latest.tmp-*`).
+        Only call it while holding the run folder's lock."""
+        for tmp in self.folder.glob("step-*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        remove_stale_temporaries(self.folder)
 
     def _prune(self, keep_name: str) -> None:
         steps = sorted(p for p in self.folder.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))

@@ -5,7 +5,8 @@ What the loop does, in order:
     gradient accumulation whatever the number of processes) -> the trainer's rows -> total steps
     (--steps, or --epochs over the rows) -> OUT/config.json written or checked (rank 0 first) ->
     the trainer's models, built under torch.manual_seed(seed) -> EMA -> resume from
-    OUT/checkpoints/latest -> the steps -> final checkpoint -> the trainer's export (rank 0).
+    OUT/checkpoints/latest -> the steps -> final checkpoint -> the trainer's export (rank 0);
+    all of it under the run folder's lock (one run per folder, see sendvae_cli/locks.py).
 One step:
     for each micro-batch: torch.manual_seed(micro_batch_seed(seed, step, micro * world + rank)),
         trainer.micro_step(...) (forward and backward of 1/accumulation of the loss);
@@ -50,6 +51,7 @@ from torch import nn
 from sendvae_cli import __version__, distributed
 from sendvae_cli.distributed import Dist
 from sendvae_cli.errors import UserError
+from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.progress import info, progress_bar
 from sendvae_cli.train.batches import StreamBatchSampler
 from sendvae_cli.train.checkpoint import Checkpoints
@@ -238,10 +240,21 @@ def _mean_over_ranks(values: dict[str, float], dist: Dist) -> dict[str, float]:
 
 
 def run(trainer: Trainer, out: Path) -> dict[str, Any]:
-    """Train (or resume, or find finished) the run in `out`; see the module docstring."""
+    """Train (or resume, or find finished) the run in `out`; see the module docstring.
+
+    Rank 0 holds the run folder's lock (`sendvae_cli.locks.hold_output_lock`) throughout, so a
+    second run on the same folder stops at once, naming this one; temporaries a killed run left
+    (half-written checkpoints, exports, config files) are removed before anything is written.
+    """
     cfg = trainer.config
     out = Path(out)
     dist = distributed.init(cfg.device)
+    with hold_output_lock(out, enabled=dist.is_main):
+        return _run(trainer, out, dist)
+
+
+def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
+    cfg = trainer.config
     show = dist.is_main and not cfg.quiet
     device = dist.device
     accumulation = accumulation_steps(cfg, dist.world)
@@ -271,6 +284,8 @@ def run(trainer: Trainer, out: Path) -> dict[str, Any]:
 
     checkpoints = Checkpoints(out / "checkpoints", keep=cfg.keep_checkpoints)
     ctx.checkpoints = checkpoints
+    if dist.is_main:
+        checkpoints.remove_unfinished()
     step = 0
     latest = checkpoints.latest()
     if latest is not None:

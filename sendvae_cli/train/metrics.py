@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
+
+from sendvae_cli.io import atomic_file, write_errors
 
 
 class MetricsLog:
@@ -17,9 +18,8 @@ class MetricsLog:
             # Drop lines past the checkpoint we resume from: those steps are about to be redone.
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            with atomic_file(self.path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in kept))
 
     def write(self, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -28,7 +28,7 @@ class MetricsLog:
         for key, value in values.items():
             value = float(value) if hasattr(value, "__float__") else value
             row[key] = None if isinstance(value, float) and not math.isfinite(value) else value
-        with open(self.path, "a") as f:
+        with write_errors(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from sendvae_cli.io import atomic_file, write_errors
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -23,7 +24,7 @@ def save_grid(rows: list[torch.Tensor], path: Path, pad: int = 2) -> None:
         for c in range(n):
             top, left = pad + r * (h + pad), pad + c * (w + pad)
             grid[top : top + h, left : left + w] = row[c]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
+    with write_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")

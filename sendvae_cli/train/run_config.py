@@ -9,11 +9,11 @@ between resumes, and so may the length of training.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.io import remove_stale_temporaries, write_errors, write_json_atomic
 
 
 def resolve(preset: Mapping[str, Any], explicit: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,16 +46,16 @@ def prepare_run_dir(out: Path, config: Mapping[str, Any], *, ignore: Iterable[st
                             f"rerun with the same options to resume it, or choose another --out")
         if is_main:  # run-only options may have changed: record the latest ones
             _write_json(path, config)
+            remove_stale_temporaries(out)  # files and folders a killed run was writing
         return True
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out}: folder is not empty and holds no config.json; choose another --out")
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        with write_errors(out):
+            out.mkdir(parents=True, exist_ok=True)
         _write_json(path, config)
     return False
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, sort_keys=True)

@@ -7,7 +7,7 @@ Folder layout (format "sendvae-vae", version 1):
                        "config_name", "architecture" (VAEConfig fields), "downsample",
                        "latent_channels", "latent_mean", "latent_std" (lists, or null when unknown),
                        "provenance" (free dict: base, source weights, teacher, steps, ...),
-                       "producer" {"name", "version"}, "created" (UTC, ISO 8601)}
+                       "producer" {"name", "version"}}
 
 Writing is crash-safe. A new folder is written under a temporary name beside it and renamed
 into place, so the final name never holds half an export. Into an existing folder (a training
@@ -19,18 +19,18 @@ old statistics.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import save_safetensors
+from sendvae_cli.io import (atomic_file, fsync_folder, remove_stale_temporaries, save_safetensors, temporary_sibling,
+                            write_errors)
+from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.weights import file_sha256
 from sendvae_cli.vae.autoencoder import AutoencoderKL, VAEConfig, config_name
 from sendvae_cli.vae.formats import LoadedVAE, build_model, check_fits, diffusers_config, ldm_to_diffusers
@@ -62,32 +62,41 @@ def _stats_list(values, channels: int, name: str) -> list[float] | None:
 
 
 def _write_folder(folder: Path, writers: list[tuple[str, Callable[[Path], None]]]) -> Path:
-    """Run each (file name, writer(path)) so that `folder` ends up holding them all, crash-safely."""
+    """Run each (file name, writer(path)) so that `folder` ends up holding them all, crash-safely.
+
+    One export at a time per folder (`hold_output_lock`). Temporaries left by a killed export
+    (`.NAME.tmp-PID-TAG`, beside the folder and inside it) are removed first; a full or read-only disk is one line naming the file, and whatever was
+    there before (an earlier export) stays as it was.
+    """
     folder = Path(folder).expanduser()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if not folder.exists():
-        tmp = folder.parent / f".{folder.name}.tmp-{tag}"
-        tmp.mkdir()
-        try:
-            for name, write in writers:
-                write(tmp / name)
-                _fsync(tmp / name)
-            os.rename(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return folder
+    with hold_output_lock(folder, option="export folder"):
+        return _write_folder_locked(folder, writers)
+
+
+def _write_folder_locked(folder: Path, writers: list[tuple[str, Callable[[Path], None]]]) -> Path:
+    with write_errors(folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder.parent, folder.name)
+        if not folder.exists():
+            tmp = temporary_sibling(folder)
+            tmp.mkdir()
+            try:
+                for name, write in writers:
+                    write(tmp / name)
+                    _fsync(tmp / name)
+                fsync_folder(tmp)
+                os.rename(tmp, folder)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            fsync_folder(folder.parent)
+            return folder
     if not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder")
+    remove_stale_temporaries(folder)
     for name, write in writers:  # the last writer is the one that makes the export valid
-        tmp = folder / f".{name}.tmp-{tag}"
-        try:
+        with atomic_file(folder / name) as tmp:
             write(tmp)
-            _fsync(tmp)
-            os.replace(tmp, folder / name)
-        finally:
-            tmp.unlink(missing_ok=True)
     return folder
 
 
@@ -125,7 +134,6 @@ def export_vae(model: AutoencoderKL | LoadedVAE, folder: Path, *, latent_mean=No
         "latent_std": std,
         "provenance": json.loads(json.dumps(dict(provenance or {}), default=str)),
         "producer": {"name": "sendvae", "version": __version__},
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     }
 
     def write_weights(path: Path) -> None:
