@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sendvae_cli.data.decode import to_rgb8
 from sendvae_cli.data.source import NO_LABEL, ImageSource
 from sendvae_cli.errors import UserError
 
@@ -26,8 +27,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 
 
 def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """ADM's centre crop: (size, size, 3) uint8 from a PIL image of any size."""
-    image = image.convert("RGB")
+    """ADM's centre crop: (size, size, 3) uint8 from a PIL image of any size and mode."""
+    image = to_rgb8(image)
     while min(image.size) >= 2 * size:
         image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
     scale = size / min(image.size)
