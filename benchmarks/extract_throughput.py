@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sendvae_cli.data.extract import ExtractOptions, extract
+from sendvae_cli.caches.extract import ExtractOptions, extract
 from sendvae_cli.data.open import open_images
 from sendvae_cli.data.source import to_model_range
 from sendvae_cli.registry import get_registry
@@ -47,7 +47,7 @@ def main() -> None:
     source = open_images("shapes", registry=registry, resolution=args.resolution, num_images=args.images)
     options = ExtractOptions(batch_size=args.batch_size, workers=args.workers, random_weights=True,
                              device=args.device, quiet=True)
-    from sendvae_cli.data.extract import autocast_for, build_teacher
+    from sendvae_cli.caches.extract import autocast_for, build_teacher
     from sendvae_cli.distributed import pick_device
 
     device = pick_device(args.device)

@@ -41,8 +41,8 @@ import h5py
 import numpy as np
 import torch
 
-from sendvae_cli.data.latent_dataset import LatentDataset
-from sendvae_cli.data.latents import write_latent_cache
+from sendvae_cli.caches.latent_dataset import LatentDataset
+from sendvae_cli.caches.latents import write_latent_cache
 
 
 # -- the two peer layouts, read the way their code reads them ----------------------------------
@@ -160,7 +160,7 @@ def read_rate(dataset, batch_size: int, workers: int, batches: int, seed: int = 
 # -- encode ---------------------------------------------------------------------------------------
 def encode_rates(vae: str, resolution: int, images: int, batch_size: int, workers: int, flip: bool,
                  repeats: int) -> dict:
-    from sendvae_cli.data.latents import CacheLatentsOptions, cache_latents, open_for_cache
+    from sendvae_cli.caches.latents import CacheLatentsOptions, cache_latents, open_for_cache
     from sendvae_cli.data.open import open_images
     from sendvae_cli.distributed import pick_device
     from sendvae_cli.registry import get_registry

@@ -38,6 +38,25 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's weights, independent of the file they came from.
+
+    Over the state dict in sorted key order: for each tensor its name, dtype, shape and its
+    values as contiguous little-endian float32 (floating tensors) or their own dtype, so the same
+    weights read from a REPA-E .pt, a diffusers folder or an export give the same digest.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for key in sorted(state):
+        t = state[key].detach()
+        t = (t.float() if t.is_floating_point() else t).cpu().contiguous()
+        digest.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
+
+
 def find_weight_file(path: Path, option: str = "--teacher-weights") -> Path:
     path = Path(path).expanduser()
     if path.is_dir():

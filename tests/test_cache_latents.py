@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import invoke, one_line_error, run_cli
-from sendvae_cli.data import latent_dataset
-from sendvae_cli.data.h5rows import parts_progress
-from sendvae_cli.data.latent_dataset import LatentDataset, row_seed
+from sendvae_cli.caches import latent_dataset
+from sendvae_cli.caches.h5rows import parts_progress
+from sendvae_cli.caches.latent_dataset import LatentDataset, row_seed
 from sendvae_cli.errors import UserError
 
 ROWS = 2000
@@ -219,7 +219,7 @@ def test_reader_refuses_incomplete_truncated_and_foreign_files(reference, tmp_pa
 
 
 def test_compressed_cache_reads_the_same_through_h5py(tmp_path):
-    from sendvae_cli.data.latents import write_latent_cache
+    from sendvae_cli.caches.latents import write_latent_cache
 
     rng = np.random.default_rng(0)
     mean = rng.standard_normal((40, 4, 2, 2)).astype(np.float16)
@@ -285,7 +285,7 @@ def test_reads_a_repae_cache(tmp_path):
 
 # -- the VAE check and bad input -------------------------------------------------------------------
 def test_check_cache_vae(reference):
-    from sendvae_cli.data.latents import CacheLatentsOptions, check_cache_vae, open_for_cache
+    from sendvae_cli.caches.latents import CacheLatentsOptions, check_cache_vae, open_for_cache
 
     same = open_for_cache(CacheLatentsOptions(vae="tiny", seed=0))
     assert check_cache_vae(reference, same)["vae_config"] == "tiny-f16d8"

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from sendvae_cli.data.h5rows import PROGRESS, ArraySpec, RowCache, batches
+from sendvae_cli.caches.h5rows import PROGRESS, ArraySpec, RowCache, batches
 from sendvae_cli.errors import UserError
 
 ARRAYS = {"x": ArraySpec((3, 2), "float16"), "y": ArraySpec((), "int64")}

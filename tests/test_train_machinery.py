@@ -9,7 +9,7 @@ from sendvae_cli.errors import UserError
 from sendvae_cli.train.checkpoint import Checkpoints
 from sendvae_cli.train.metrics import MetricsLog, read_metrics
 from sendvae_cli.train.run_config import prepare_run_dir, resolve
-from sendvae_cli.train.sampler import StreamBatchSampler
+from sendvae_cli.train.batches import StreamBatchSampler
 
 
 def take(sampler, n):

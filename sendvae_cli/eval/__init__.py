@@ -1,1 +1,1 @@
-"""Evaluation pipelines: FID / sFID / IS / precision / recall (`sendvae fid`), and later probes."""
+"""Evaluation pipelines: FID / sFID / IS / precision / recall (`sendvae fid`) and attribute probes (`sendvae probe`)."""

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sendvae_cli.data.encode_rows import write_json_atomic
-from sendvae_cli.data.h5rows import fingerprint
+from sendvae_cli.caches.h5rows import fingerprint
 from sendvae_cli.errors import UserError
+from sendvae_cli.io import write_json_atomic
 from sendvae_cli.eval.probe_features import FeatureRequest, check_labels, slug
 
 PROTOCOL = {

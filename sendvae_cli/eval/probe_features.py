@@ -37,12 +37,12 @@ import h5py
 import numpy as np
 import torch
 
-from sendvae_cli.data import encode_rows
-from sendvae_cli.data.h5rows import ArraySpec, RowCache, fingerprint
-from sendvae_cli.data.latents import weights_sha256
+from sendvae_cli.caches import encode_rows
+from sendvae_cli.caches.h5rows import ArraySpec, RowCache, fingerprint
 from sendvae_cli.data.source import SPLITS, ImageSource
 from sendvae_cli.distributed import Dist
 from sendvae_cli.errors import UserError
+from sendvae_cli.weights import weights_sha256
 
 FORMAT = "sendvae-probe-features"
 PRODUCER = "sendvae probe"
@@ -157,9 +157,9 @@ def probe_resolution(requests: list[FeatureRequest], given: int | None) -> int:
 def _vae_featurizer(request: FeatureRequest, registry, *, resolution: int, seed: int,
                     random_weights: bool) -> Featurizer:
     from sendvae_cli.vae.autoencoder import config_name
-    from sendvae_cli.vae.open import _looks_like_path, open_vae
+    from sendvae_cli.vae.open import looks_like_path, open_vae
 
-    named = not _looks_like_path(request.ref) and not Path(request.ref).exists()
+    named = not looks_like_path(request.ref) and not Path(request.ref).exists()
     with torch.random.fork_rng(devices=[]):  # random weights are seeded: a rerun finds its cache
         torch.manual_seed(seed)
         loaded = open_vae(request.ref, registry, random_weights=random_weights and named)

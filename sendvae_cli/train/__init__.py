@@ -1,1 +1,1 @@
-"""Shared training machinery: run folders, checkpoints, samplers, EMA, metrics, the step loop."""
+"""Shared training machinery: run folders, checkpoints, batch order, EMA, metrics, the step loop."""

@@ -33,7 +33,7 @@ from sendvae_cli.train.ema import EMA
 from sendvae_cli.train.metrics import MetricsLog
 from sendvae_cli.train.preview import save_grid
 from sendvae_cli.train.run_config import prepare_run_dir
-from sendvae_cli.train.sampler import StreamBatchSampler
+from sendvae_cli.train.batches import StreamBatchSampler
 from sendvae_cli.vae.mapper import Mapper, alignment_loss, describe_grid_mismatch, mapper_patch_size
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def _teacher_targets(cfg, registry, source, device):
     """A callable (images, indices) -> teacher tokens, from a cache or the teacher itself."""
     spec = registry.teacher(cfg["teacher"])
     if cfg.get("teacher_features"):
-        from sendvae_cli.data.features import TeacherFeatures
+        from sendvae_cli.caches.features import TeacherFeatures
 
         cache = TeacherFeatures(Path(cfg["teacher_features"]), source, teacher=spec.name)
         return (lambda images, indices: cache.rows(indices).to(device)), cache.width, cache.grid

@@ -167,7 +167,8 @@ def is_training_run(path: Path) -> bool:
     return isinstance(producer, str) and producer.startswith("sendvae")
 
 
-def _looks_like_path(ref: str) -> bool:
+def looks_like_path(ref: str) -> bool:
+    """True when `ref` is written as a path (a separator, a leading . or ~, a weights suffix), not a base name."""
     return (os.sep in ref or "/" in ref or ref.startswith((".", "~")) or ref.endswith(WEIGHT_SUFFIXES))
 
 
@@ -175,7 +176,7 @@ def open_vae(ref: str | Path, registry: Any = None, *, weights: Path | None = No
              random_weights: bool = False) -> LoadedVAE:
     """A VAE from a base name, an exported folder, a diffusers folder or a weights file."""
     text = str(ref)
-    if isinstance(ref, Path) or _looks_like_path(text):
+    if isinstance(ref, Path) or looks_like_path(text):
         if weights is not None or random_weights:
             raise UserError(f"--vae {text}: --vae-weights / --random-weights go with a VAE base name (e.g. va-vae), "
                             f"not with a path")

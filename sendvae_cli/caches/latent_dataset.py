@@ -110,7 +110,7 @@ class LatentMoments:
 
 def parts_hint(path: Path) -> str:
     """' (still being written: ...)' when an unfinished run of `path` exists, else ''."""
-    from sendvae_cli.data.h5rows import parts_progress
+    from sendvae_cli.caches.h5rows import parts_progress
 
     progress = parts_progress(path)
     if progress is None:

@@ -13,7 +13,6 @@ streaming pass over exactly the stored float16 values.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -24,12 +23,13 @@ import numpy as np
 import torch
 
 from sendvae_cli import distributed
-from sendvae_cli.data import encode_rows
-from sendvae_cli.data.h5rows import ArraySpec, RowCache, parts_progress
-from sendvae_cli.data.latent_dataset import (ARRAYS, FLIP_ARRAYS, FORMAT, LatentMoments, detect_layout, open_h5,
+from sendvae_cli.caches import encode_rows
+from sendvae_cli.caches.h5rows import ArraySpec, RowCache, parts_progress
+from sendvae_cli.caches.latent_dataset import (ARRAYS, FLIP_ARRAYS, FORMAT, LatentMoments, detect_layout, open_h5,
                                              read_attrs, repae_keys)
 from sendvae_cli.data.source import ImageSource
 from sendvae_cli.errors import UserError
+from sendvae_cli.weights import weights_sha256
 
 PRODUCER = "sendvae cache-latents"
 COMPRESSIONS = ("gzip", "lzf")
@@ -52,28 +52,6 @@ class CacheLatentsOptions:
     block_rows: int = 1024
     compression: str | None = None
     quiet: bool = False
-
-
-#################################################################################
-#                                 VAE identity                                  #
-#################################################################################
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's weights, independent of the file they came from.
-
-    Over the state dict in sorted key order: for each tensor its name, dtype, shape and its
-    values as contiguous little-endian float32 (floating tensors) or their own dtype, so the same
-    weights read from a REPA-E .pt, a diffusers folder or an export give the same digest.
-    """
-    digest = hashlib.sha256()
-    state = model.state_dict()
-    for key in sorted(state):
-        t = state[key].detach()
-        t = (t.float() if t.is_floating_point() else t).cpu().contiguous()
-        digest.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        digest.update(t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
-    return digest.hexdigest()
 
 
 def open_for_cache(options: CacheLatentsOptions, registry=None):

@@ -19,21 +19,19 @@ Images reach `step` as float [-1, 1] NCHW on the run's device (decoded as uint8 
 
 from __future__ import annotations
 
-import json
-import os
 import queue
 import shutil
 import threading
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
-from sendvae_cli.data.h5rows import RowCache, batches
+from sendvae_cli.caches.h5rows import RowCache, batches
 from sendvae_cli.data.source import ImageSource, to_model_range
 from sendvae_cli.distributed import Dist
+from sendvae_cli.io import write_json_atomic
 from sendvae_cli.progress import info, progress_bar
 
 Step = Callable[[torch.Tensor, torch.Tensor], Mapping[str, np.ndarray]]
@@ -76,13 +74,6 @@ def autocast_for(device: torch.device, precision: str):
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
-
-
-def write_json_atomic(path: Path, value: Any, default: Callable[[Any], Any] = str) -> None:
-    """Write JSON to a temporary name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=default))
-    os.replace(tmp, path)
 
 
 def already_complete(cache: RowCache, dist: Dist, show: bool) -> bool:

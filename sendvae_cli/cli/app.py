@@ -1,0 +1,96 @@
+"""The `sendvae` Typer app: the error wrapper, `--version`, and what every command body shares.
+
+Each command parses and validates its options, then calls a pipeline. Heavy libraries (torch,
+timm, open_clip, transformers) are imported inside the commands that need them, so `--help`
+and `sendvae plugins` answer at once. A `UserError` anywhere becomes one red line and exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Annotated
+
+import typer
+
+from sendvae_cli import __version__
+from sendvae_cli.errors import UserError
+
+app = typer.Typer(
+    name="sendvae",
+    help="Send-VAE: VAEs aligned to vision foundation models, latent caches, SiT generators, FID and probes.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _print_error(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+
+
+def user_errors(command):
+    """Report UserError as one line (exit code 2) instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            _print_error(str(error))
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def registry():
+    """The plugin registry; each plugin problem is reported once per process."""
+    from sendvae_cli.progress import warn
+    from sendvae_cli.registry import get_registry
+
+    found = get_registry()
+    if found.problems and not getattr(found, "_reported", False):
+        for problem in found.problems:
+            warn(problem)
+        found._reported = True
+    return found
+
+
+def is_main() -> bool:
+    """Rank 0 (or a single process): the one that prints warnings."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def open_data(data, registry, *, resolution, num_images, seed, strict, root):
+    """DATA as an image source; skipped unreadable images are reported once (rank 0)."""
+    from sendvae_cli.data.open import open_images
+    from sendvae_cli.progress import warn
+
+    source = open_images(data, registry=registry, resolution=resolution, num_images=num_images, seed=seed,
+                         strict=strict, root=str(root) if root else None)
+    skipped = getattr(source, "skipped_summary", lambda: None)()
+    if skipped and is_main():
+        warn(skipped)
+    return source
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"sendvae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Send-VAE toolkit."""
+
+
+def main() -> None:
+    app(prog_name="sendvae")

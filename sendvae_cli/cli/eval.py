@@ -1,0 +1,102 @@
+"""`sendvae fid` and `sendvae probe`: judging images and VAEs (docs/fid.md, docs/probe.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sendvae_cli.cli import options as o
+from sendvae_cli.cli.app import app, registry, user_errors
+from sendvae_cli.errors import UserError
+
+PROBE_PANEL = "Probe"
+
+
+@app.command()
+@user_errors
+def fid(
+    samples: Annotated[str, typer.Argument(metavar="SAMPLES", help="A folder of images or an ADM .npz (arr_0: uint8 N x H x W x 3).", show_default=False)],
+    ref: Annotated[str, typer.Option("--ref", help="Reference: a folder of images, an ADM reference batch .npz (mu, sigma, mu_s, sigma_s, arr_0), or statistics saved by --save-stats.", rich_help_panel=o.DATA_PANEL, show_default=False)],
+    save_stats: Annotated[Optional[Path], typer.Option(help="Write the statistics of the reference (and its precision/recall features) here, for reuse as --ref.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="Use only the first N samples (default: all; papers use 50,000).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option(help="Local weights-inception-2015-12-05-6726825d.pth (the torch-fidelity release file), or a folder holding it.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="JSON file with every figure and the protocol (default: SAMPLES.fid.json beside SAMPLES).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass (default: 250 on GPU, 32 on CPU).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    workers: o.Workers = None,
+    device: o.Device = "auto",
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse reference statistics cached by content ($SENDVAE_CACHE/fid).", rich_help_panel=o.RUN_PANEL)] = True,
+    quiet: o.Quiet = False,
+) -> None:
+    """FID, sFID, Inception Score, precision and recall as the ADM suite computes them (docs/fid.md)."""
+    from rich.console import Console
+
+    from sendvae_cli.eval.fid import FidOptions, evaluate, render_table
+
+    options = FidOptions(samples=samples, ref=ref, save_stats=save_stats, inception_weights=inception_weights,
+                         batch_size=batch_size, device=device, num_samples=num_samples, json_out=json_out,
+                         workers=workers, cache=cache, quiet=quiet)
+    Console().print(render_table(evaluate(options)))
+
+
+@app.command()
+@user_errors
+def probe(
+    data: Annotated[str, typer.Argument(metavar="DATA", help="An attribute dataset (celeba, deepfashion, awa, shapes) or a CSV of image paths and attribute columns.", show_default=False)],
+    vae: Annotated[Optional[list[str]], typer.Option("--vae", help="[LABEL=]VAE to probe: exported folder (train-vae), base name, diffusers folder or .pt; repeat to compare.", rich_help_panel="Features", show_default=False)] = None,
+    features: Annotated[Optional[list[str]], typer.Option("--features", help="[LABEL=]teacher:NAME (pooled patch tokens, for reference) or vae:REF; repeatable.", rich_help_panel="Features", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder: probe.json, probe.png, results/, features/ (default runs/probe-DATA).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Where the dataset lives (its official layout, see docs/data.md).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Image side after ADM centre crop (default: the training resolution exported VAEs record, else 256).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    num_images: Annotated[Optional[int], typer.Option(help="Use about N images, keeping the split proportions (shapes: its size, default 10000).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for generated data, random weights, the probe's initialisation and batch order.", rich_help_panel=o.DATA_PANEL)] = 0,
+    strict: o.Strict = False,
+    random_weights: Annotated[bool, typer.Option(help="Build teachers and VAE bases given by name untrained (smoke runs, baselines).", rich_help_panel="Features")] = False,
+    teacher_weights: Annotated[Optional[Path], typer.Option(help="Local weights file or folder for the teacher of --features teacher:NAME.", rich_help_panel="Features", show_default=False)] = None,
+    epochs: Annotated[int, typer.Option(help="Most epochs of probe training (early stopping usually ends it sooner).", rich_help_panel=PROBE_PANEL)] = 200,
+    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a lower validation loss.", rich_help_panel=PROBE_PANEL)] = 10,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.", rich_help_panel=PROBE_PANEL)] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.", rich_help_panel=PROBE_PANEL)] = 1e-4,
+    probe_batch_size: Annotated[int, typer.Option(help="Feature rows per probe training step.", rich_help_panel=PROBE_PANEL)] = 256,
+    memory_gb: Annotated[float, typer.Option(help="Feature tables up to this size (float16) are held in memory; larger ones stream from the cache.", rich_help_panel=PROBE_PANEL)] = 4.0,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Feature caches (default OUT/features); share one between probe runs to reuse features.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    batch_size: o.BatchSize = None,
+    workers: o.Workers = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (encoding and probe training).", rich_help_panel=o.RUN_PANEL)] = "auto",
+    block_rows: o.BlockRows = 1024,
+    quiet: o.Quiet = False,
+) -> None:
+    """Attribute linear probes on VAE latents: rank VAEs before training a generator (docs/probe.md)."""
+    from sendvae_cli.eval.probe_features import parse_request
+
+    requests = [parse_request(v, "--vae") for v in vae or []] + [parse_request(f, "--features") for f in features or []]
+    if not requests:
+        raise UserError("--vae: missing; pass the VAE(s) to probe (repeat --vae to compare), or --features teacher:NAME")
+    o.positive(("--epochs", epochs), ("--patience", patience), ("--probe-batch-size", probe_batch_size),
+               ("--block-rows", block_rows), ("--batch-size", batch_size), ("--lr", lr), ("--memory-gb", memory_gb))
+    if weight_decay < 0:
+        raise UserError(f"--weight-decay {weight_decay}: expected 0 or more")
+    workers = o.workers_or_default(workers)
+    o.existing(("--root", root), ("--teacher-weights", teacher_weights))
+    o.exclusive_weights("--teacher-weights", teacher_weights, random_weights)
+    found = registry()
+
+    from rich.console import Console
+
+    from sendvae_cli.eval.linear_probe import ProbeSettings
+    from sendvae_cli.eval.probe import ProbeOptions, data_name, render_table, run_probe
+
+    name = data_name(data)
+    settings = ProbeSettings(epochs=epochs, patience=patience, lr=lr, weight_decay=weight_decay,
+                             batch_size=probe_batch_size, seed=seed, memory_gb=memory_gb)
+    options = ProbeOptions(data=data, requests=requests, out=out or Path("runs") / f"probe-{name}", root=root,
+                           resolution=resolution, num_images=num_images, seed=seed, random_weights=random_weights,
+                           teacher_weights=teacher_weights, strict=strict, cache_dir=cache_dir, batch_size=batch_size, workers=workers, device=device,
+                           block_rows=block_rows, settings=settings, quiet=quiet)
+    summary = run_probe(options, found)
+    if summary is not None:
+        Console().print(render_table(summary))
+        if not quiet:
+            Console(stderr=True).print(f"wrote {options.out / 'probe.json'} and {options.out / 'probe.png'}",
+                                       highlight=False)

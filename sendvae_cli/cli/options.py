@@ -1,0 +1,78 @@
+"""Options that several commands share, each declared once as an `Annotated` alias, and the
+checks that go with them.
+
+A command writes `seed: options.Seed = 0`; the default stays in the command (it differs
+between commands), the flag, help text and panel live here. An option whose help must say
+something particular to one command is declared in that command.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sendvae_cli.errors import UserError
+
+DATA_PANEL = "Data"
+TEACHER_PANEL = "Teacher"
+VAE_PANEL = "VAE"
+RUN_PANEL = "Run"
+
+# ---- data ----------------------------------------------------------------------------------
+Data = Annotated[str, typer.Argument(metavar="DATA", help="A folder of images (class sub-folders give labels) or a dataset name, e.g. shapes.", show_default=False)]
+OptionalData = Annotated[Optional[str], typer.Argument(metavar="DATA", help="A folder of images (class sub-folders give labels) or a dataset name, e.g. shapes.", show_default=False)]
+Resolution = Annotated[int, typer.Option(help="Image side in pixels after ADM centre crop (multiple of 16).", rich_help_panel=DATA_PANEL)]
+NumImages = Annotated[Optional[int], typer.Option(help="Use only the first N images (for a named dataset: its size).", rich_help_panel=DATA_PANEL, show_default=False)]
+Seed = Annotated[int, typer.Option(help="Seed for generated datasets and --random-weights.", rich_help_panel=DATA_PANEL)]
+Root = Annotated[Optional[Path], typer.Option(help="Where a named on-disk dataset lives.", rich_help_panel=DATA_PANEL, show_default=False)]
+Strict = Annotated[bool, typer.Option(help="Fail on an unreadable image instead of skipping it.", rich_help_panel=DATA_PANEL)]
+
+# ---- weights -------------------------------------------------------------------------------
+TeacherWeights = Annotated[Optional[Path], typer.Option(help="Local weights file or folder for the teacher.", rich_help_panel=TEACHER_PANEL, show_default=False)]
+VaeWeights = Annotated[Optional[Path], typer.Option(help="Local weights for the VAE base.", rich_help_panel=VAE_PANEL, show_default=False)]
+
+# ---- run -----------------------------------------------------------------------------------
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=RUN_PANEL)]
+Workers = Annotated[Optional[int], typer.Option(help="DataLoader worker processes decoding images (default: CPU cores, at most 8).", rich_help_panel=RUN_PANEL, show_default=False)]
+BatchSize = Annotated[Optional[int], typer.Option(help="Images per forward pass and process (default: 64 on GPU, 16 on CPU).", rich_help_panel=RUN_PANEL, show_default=False)]
+BlockRows = Annotated[int, typer.Option(help="Rows per resumable block: the unit of work of one process.", rich_help_panel=RUN_PANEL)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.", rich_help_panel=RUN_PANEL)]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+# ---- checks --------------------------------------------------------------------------------
+def positive(*named: tuple[str, int | float | None]) -> None:
+    """Each (flag, value) given must be above zero."""
+    for name, value in named:
+        if value is not None and not value > 0:
+            raise UserError(f"{name} {value}: expected a positive number")
+
+
+def workers_or_default(workers: int | None) -> int:
+    """--workers, defaulting to the CPU cores (at most 8)."""
+    if workers is None:
+        workers = max(0, min(8, (os.cpu_count() or 1)))
+    if workers < 0:
+        raise UserError(f"--workers {workers}: expected 0 or more")
+    return workers
+
+
+def check_precision(precision: str | None) -> None:
+    if precision is not None and precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: expected auto, fp32 or bf16")
+
+
+def exclusive_weights(flag: str, weights: Path | None, random_weights: bool) -> None:
+    if weights is not None and random_weights:
+        raise UserError(f"{flag} and --random-weights exclude each other")
+
+
+def existing(*named: tuple[str, Path | None]) -> None:
+    """Each (flag, path) given must exist."""
+    for name, path in named:
+        if path is not None and not path.expanduser().exists():
+            raise UserError(f"{name} {path}: no such file or folder")

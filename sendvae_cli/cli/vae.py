@@ -1,0 +1,113 @@
+"""`sendvae train-vae`: fine-tune a VAE aligned to a frozen teacher (docs/train-vae.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sendvae_cli.cli import options as o
+from sendvae_cli.cli.app import app, is_main, registry, user_errors
+from sendvae_cli.errors import UserError
+
+LOSS_PANEL = "Losses"
+MAPPER_PANEL = "Mapper and alignment"
+OPT_PANEL = "Optimisation"
+
+
+@app.command("train-vae")
+@user_errors
+def train_vae(
+    data: o.Data,
+    out: Annotated[Path, typer.Option(help="Run folder (rerun the same command to resume).", rich_help_panel=o.RUN_PANEL)] = Path("runs/vae"),
+    preset: Annotated[str, typer.Option(help="Defaults bundle: paper (the published recipe) or tiny (CPU smoke scale). Explicit flags win.", rich_help_panel=o.RUN_PANEL)] = "paper",
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher name (paper: dinov2-b).", rich_help_panel=o.TEACHER_PANEL, show_default=False)] = None,
+    teacher_weights: o.TeacherWeights = None,
+    teacher_features: Annotated[Optional[Path], typer.Option(help="Teacher tokens from `sendvae extract` instead of running the teacher.", rich_help_panel=o.TEACHER_PANEL, show_default=False)] = None,
+    random_weights: Annotated[bool, typer.Option(help="Teacher and LPIPS networks untrained (smoke runs, benchmarks).", rich_help_panel=o.TEACHER_PANEL)] = False,
+    vae: Annotated[Optional[str], typer.Option(help="VAE base name, exported VAE folder, diffusers folder or .pt file (paper: va-vae).", rich_help_panel=o.VAE_PANEL, show_default=False)] = None,
+    vae_weights: o.VaeWeights = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels (paper: 256).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    num_images: o.NumImages = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for data order, noise and initialisation.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Passes over the data (paper: 80).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Global batch (paper: 1024), kept on any number of GPUs by gradient accumulation.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    micro_batch: Annotated[Optional[int], typer.Option(help="Images per forward pass and process (paper: 32).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (paper: 3e-4).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Gradient norm clip, 0 = off (paper: 1.0).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    ema: Annotated[Optional[float], typer.Option(help="EMA decay of the VAE weights, 0 = off (default off).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    align_weight: Annotated[Optional[float], typer.Option(help="Weight of the alignment loss (paper: 1.0).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
+    mapper_depth: Annotated[Optional[int], typer.Option(help="ViT blocks in the mapper; 0 = patch embedding + projector (paper: 1).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
+    mapper_patch: Annotated[Optional[int], typer.Option(help="Mapper patch size (default: 16 / VAE downsampling).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
+    no_noise: Annotated[bool, typer.Option("--no-noise", help="Turn off noise injection before the mapper.", rich_help_panel=MAPPER_PANEL)] = False,
+    recon: Annotated[Optional[str], typer.Option(help="Reconstruction loss: l1 or mse (paper: l1).", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
+    lpips_weight: Annotated[Optional[float], typer.Option(help="LPIPS weight (paper: 1.0).", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
+    kl_weight: Annotated[Optional[float], typer.Option(help="KL weight (paper: 1e-6).", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
+    gan_weight: Annotated[Optional[float], typer.Option(help="PatchGAN hinge loss weight (paper: 0.1).", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
+    disc_start: Annotated[Optional[int], typer.Option(help="Step from which the GAN losses count (REPA-E: 0).", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
+    disc_weights: Annotated[Optional[Path], typer.Option(help="Start the discriminator from a REPA-E discriminator checkpoint.", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
+    lpips_vgg_weights: Annotated[Optional[Path], typer.Option(help="Local vgg16-397923af.pth for LPIPS.", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
+    lpips_lin_weights: Annotated[Optional[Path], typer.Option(help="Local LPIPS v0.1 vgg.pth lin weights.", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="Steps between metrics.jsonl rows.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help="Steps between reconstruction grids.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    stats_images: Annotated[Optional[int], typer.Option(help="Images over which the exported latent statistics are computed (paper: 10000).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    workers: o.Workers = None,
+    device: o.Device = "auto",
+    precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    quiet: o.Quiet = False,
+) -> None:
+    """Fine-tune a VAE so its latent aligns with a frozen teacher through the Send-VAE mapper."""
+    from sendvae_cli.train.run_config import resolve
+    from sendvae_cli.train.vae_trainer import PRESETS
+
+    if preset not in PRESETS:
+        raise UserError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
+    o.positive(("--steps", steps), ("--batch-size", batch_size), ("--micro-batch", micro_batch),
+               ("--resolution", resolution), ("--log-every", log_every), ("--num-images", num_images),
+               ("--checkpoint-every", checkpoint_every), ("--sample-every", sample_every),
+               ("--stats-images", stats_images), ("--lr", lr), ("--epochs", epochs))
+    if recon is not None and recon not in ("l1", "mse"):
+        raise UserError(f"--recon {recon}: expected l1 or mse")
+    o.check_precision(precision)
+    o.exclusive_weights("--teacher-weights", teacher_weights, random_weights)
+    o.existing(("--teacher-weights", teacher_weights), ("--vae-weights", vae_weights),
+               ("--disc-weights", disc_weights), ("--teacher-features", teacher_features))
+    explicit = {
+        "teacher": teacher, "vae": vae, "resolution": resolution, "num_images": num_images, "seed": seed,
+        "steps": steps, "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch, "lr": lr,
+        "grad_clip": grad_clip, "ema": ema, "align_weight": align_weight, "mapper_depth": mapper_depth,
+        "mapper_patch": mapper_patch, "noise": False if no_noise else None, "recon": recon,
+        "lpips_weight": lpips_weight, "kl_weight": kl_weight, "gan_weight": gan_weight, "disc_start": disc_start,
+        "log_every": log_every, "checkpoint_every": checkpoint_every, "sample_every": sample_every,
+        "precision": precision, "stats_images": stats_images,
+    }
+    if steps is not None:
+        explicit["epochs"] = None
+    cfg = resolve(PRESETS[preset], explicit)
+    if steps is None and epochs is not None:
+        cfg["steps"] = None
+    if cfg["micro_batch"] > cfg["batch_size"]:
+        cfg["micro_batch"] = cfg["batch_size"]
+    cfg.update({
+        "data": data, "preset": preset, "random_weights": random_weights, "device": device, "quiet": quiet,
+        "workers": o.workers_or_default(workers),
+        "teacher_weights": str(teacher_weights) if teacher_weights else None,
+        "teacher_features": str(teacher_features) if teacher_features else None,
+        "vae_weights": str(vae_weights) if vae_weights else None,
+        "disc_weights": str(disc_weights) if disc_weights else None,
+        "lpips_vgg_weights": str(lpips_vgg_weights) if lpips_vgg_weights else None,
+        "lpips_lin_weights": str(lpips_lin_weights) if lpips_lin_weights else None,
+    })
+    found = registry()
+    found.teacher(cfg["teacher"])  # unknown names fail before anything heavy is imported
+    if random_weights and is_main():
+        from sendvae_cli.progress import warn
+
+        warn("--random-weights: the teacher and the LPIPS network are untrained; the run is a smoke test only")
+
+    from sendvae_cli.train.vae_trainer import train_vae as run
+
+    run(cfg, found, out)
