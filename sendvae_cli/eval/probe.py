@@ -257,7 +257,8 @@ def hit_epoch_cap(record: dict[str, Any]) -> bool:
 
 def epoch_cap_warnings(summary: dict[str, Any]) -> list[str]:
     """One line per probe that ran out of epochs instead of stopping early."""
-    return [f"{r['label']}: the probe stopped at the epoch cap ({r['epochs_run']} epochs, best epoch "
+    return [f"{r['label']}: the probe stopped at the epoch cap ({r['epochs_run']} epoch"
+            f"{'s' if r['epochs_run'] != 1 else ''}, best epoch "
             f"{r['best_epoch']}) while the validation loss was still falling; its F1 may be low: "
             f"rerun with a larger --epochs (or a larger --lr)" for r in summary["results"] if hit_epoch_cap(r)]
 

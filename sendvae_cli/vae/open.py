@@ -167,6 +167,19 @@ def is_training_run(path: Path) -> bool:
     return isinstance(producer, str) and producer.startswith("sendvae")
 
 
+def recorded_resolution(ref: str | Path) -> int | None:
+    """The image resolution an exported VAE (or a train-vae run folder's export) was trained at,
+    read from its vae.json without building it; None for anything else."""
+    path = Path(ref).expanduser()
+    for info in (path / "vae.json", path / "export" / "vae.json"):
+        try:
+            value = (json.loads(info.read_text()).get("provenance") or {}).get("resolution")
+        except (OSError, ValueError, AttributeError):
+            continue
+        return int(value) if value else None
+    return None
+
+
 def looks_like_path(ref: str) -> bool:
     """True when `ref` is written as a path (a separator, a leading . or ~, a weights suffix), not a base name."""
     return (os.sep in ref or "/" in ref or ref.startswith((".", "~")) or ref.endswith(WEIGHT_SUFFIXES))
