@@ -60,8 +60,7 @@ def train_vae(
     quiet: o.Quiet = False,
 ) -> None:
     """Fine-tune a VAE so its latent aligns with a frozen teacher through the Send-VAE mapper."""
-    from sendvae_cli.train.run_config import resolve
-    from sendvae_cli.train.vae_trainer import PRESETS
+    from sendvae_cli.train.vae_config import PRESETS, VAETrainConfig
 
     if preset not in PRESETS:
         raise UserError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
@@ -84,25 +83,13 @@ def train_vae(
         "log_every": log_every, "checkpoint_every": checkpoint_every, "sample_every": sample_every,
         "precision": precision, "stats_images": stats_images,
     }
-    if steps is not None:
-        explicit["epochs"] = None
-    cfg = resolve(PRESETS[preset], explicit)
-    if steps is None and epochs is not None:
-        cfg["steps"] = None
-    if cfg["micro_batch"] > cfg["batch_size"]:
-        cfg["micro_batch"] = cfg["batch_size"]
-    cfg.update({
-        "data": data, "preset": preset, "random_weights": random_weights, "device": device, "quiet": quiet,
-        "workers": o.workers_or_default(workers),
-        "teacher_weights": str(teacher_weights) if teacher_weights else None,
-        "teacher_features": str(teacher_features) if teacher_features else None,
-        "vae_weights": str(vae_weights) if vae_weights else None,
-        "disc_weights": str(disc_weights) if disc_weights else None,
-        "lpips_vgg_weights": str(lpips_vgg_weights) if lpips_vgg_weights else None,
-        "lpips_lin_weights": str(lpips_lin_weights) if lpips_lin_weights else None,
-    })
+    cfg = VAETrainConfig.from_flags(
+        preset, explicit, data=data, random_weights=random_weights, device=device, quiet=quiet,
+        workers=o.workers_or_default(workers), teacher_weights=teacher_weights, teacher_features=teacher_features,
+        vae_weights=vae_weights, disc_weights=disc_weights, lpips_vgg_weights=lpips_vgg_weights,
+        lpips_lin_weights=lpips_lin_weights)
     found = registry()
-    found.teacher(cfg["teacher"])  # unknown names fail before anything heavy is imported
+    found.teacher(cfg.teacher)  # unknown names fail before anything heavy is imported
     if random_weights and is_main():
         from sendvae_cli.progress import warn
 

@@ -1,0 +1,358 @@
+"""The training loop every trainer shares: `run(trainer, out)`.
+
+What the loop does, in order:
+    distributed set-up (torchrun or one process) -> batch geometry (the global batch is kept by
+    gradient accumulation whatever the number of processes) -> the trainer's rows -> total steps
+    (--steps, or --epochs over the rows) -> OUT/config.json written or checked (rank 0 first) ->
+    the trainer's models, built under torch.manual_seed(seed) -> EMA -> resume from
+    OUT/checkpoints/latest -> the steps -> final checkpoint -> the trainer's export (rank 0).
+One step:
+    for each micro-batch: torch.manual_seed(micro_batch_seed(seed, step, micro * world + rank)),
+        trainer.micro_step(...) (forward and backward of 1/accumulation of the loss);
+    NaN guard over every rank (nothing is updated, the last checkpoint stays good);
+    trainer.optimizer_step(...); EMA update; every log_every steps one metrics.jsonl row of the
+    window's mean losses, averaged over ranks; every sample_every steps trainer.sample (rank 0);
+    every checkpoint_every steps an atomic checkpoint (weights + optimizers + step + EMA).
+So a killed run resumes exactly, and N processes draw the same numbers as N accumulated
+micro-batches in one.
+
+A trainer plugs in by subclassing `Trainer` with a config that subclasses `TrainConfig` (a
+dataclass: its fields are what config.json records; `RUN_ONLY` names those that may change on a
+resume). It supplies:
+    rows()                      the Dataset the batches are drawn from (items are collated by the
+                                DataLoader and handed to micro_step as they come)
+    data_facts()                what identifies those rows, recorded in config.json
+    build(ctx) -> Parts         models (saved in each checkpoint, by name), optimizers (saved, by
+                                name), the module EMA follows; called seeded, before resuming
+    prepare(ctx)                optional, after resuming: DDP-wrap what needs it (ctx.dist.world > 1)
+                                and build what uses the wrapped modules (a loss holding them)
+    micro_step(batch, ctx)      forward + backward of one micro-batch; returns scalar loss terms
+    optimizer_step(ctx)         clip and step the optimizers; returns more metrics (grad_norm, ...)
+    describe(row)               optional: the progress line's text from a logged row
+    sample(step, ctx)           optional: a preview on rank 0
+    finished(step) / finish(step, ctx)  optional: is the output already there / write it (rank 0)
+`StepContext` (ctx) gives the step, micro-batch index, accumulation, device, `autocast()` and
+`sync(module)` (no DDP all-reduce until the last micro-batch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from sendvae_cli import __version__, distributed
+from sendvae_cli.distributed import Dist
+from sendvae_cli.errors import UserError
+from sendvae_cli.progress import info, progress_bar
+from sendvae_cli.train.batches import StreamBatchSampler
+from sendvae_cli.train.checkpoint import Checkpoints
+from sendvae_cli.train.ema import EMA
+from sendvae_cli.train.metrics import MetricsLog
+from sendvae_cli.train.run_config import prepare_run_dir
+
+# --------------------------------------------------------------------------------------------
+#                                     Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """What every trainer's configuration holds; a trainer's own config adds its fields."""
+
+    data: str
+    preset: str
+    seed: int = 0
+    num_images: int | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int
+    micro_batch: int
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.0
+    precision: str = "auto"
+    log_every: int
+    checkpoint_every: int
+    sample_every: int
+    keep_checkpoints: int = 2
+    workers: int = 0
+    device: str = "auto"
+    quiet: bool = False
+
+    # Fields that may differ between a run and its resume without changing its result.
+    RUN_ONLY: ClassVar[tuple[str, ...]] = (
+        "workers", "quiet", "device", "log_every", "checkpoint_every", "sample_every", "keep_checkpoints",
+        "steps", "epochs", "total_steps", "preset")
+    # Facts the loop records beside the fields (config.json) that never block a resume.
+    RUN_FACTS: ClassVar[tuple[str, ...]] = ("accumulation", "world_size", "producer")
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite: stop, keep the last good checkpoint."""
+
+
+def micro_batch_seed(seed: int, step: int, micro: int) -> int:
+    """The seed of one micro-batch's random numbers: a function of its place in training only."""
+    return (seed * 2_654_435_761 + step * 40_503 + micro * 7_919 + 1) % (2**63 - 1)
+
+
+def total_steps(cfg: TrainConfig, num_rows: int) -> int:
+    if cfg.steps:
+        return int(cfg.steps)
+    if cfg.epochs:
+        return max(1, math.ceil(cfg.epochs * num_rows / cfg.batch_size))
+    raise UserError("give --steps or --epochs")
+
+
+def accumulation_steps(cfg: TrainConfig, world: int) -> int:
+    """Micro-batches per process and step that make up the global batch."""
+    per_step = cfg.micro_batch * world
+    if cfg.batch_size % per_step:
+        raise UserError(f"--batch-size {cfg.batch_size}: must be a multiple of --micro-batch {cfg.micro_batch} "
+                        f"x {world} process(es)")
+    return cfg.batch_size // per_step
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast when asked, or by default on CUDA; nothing on CPU by default."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
+    """Clip to `max_norm` (0 = off) and return the norm before clipping (0 when off)."""
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm) if max_norm > 0 else torch.zeros(())
+
+
+# --------------------------------------------------------------------------------------------
+#                                  What a trainer supplies
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Parts:
+    """A trainer's models and optimizers; every one is saved in each checkpoint under its name."""
+
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    ema_of: nn.Module | None = None  # the module EMA follows (with cfg.ema > 0); saved as "ema"
+
+
+@dataclass
+class StepContext:
+    cfg: TrainConfig
+    dist: Dist
+    out: Path
+    accumulation: int
+    total_steps: int
+    step: int = 0
+    micro: int = 0
+    checkpoints: Checkpoints | None = None
+    ema: EMA | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def last_micro(self) -> bool:
+        return self.micro == self.accumulation - 1
+
+    def autocast(self):
+        return autocast_for(self.device, self.cfg.precision)
+
+    def sync(self, module: nn.Module):
+        """Inside: gradients of a DDP module are all-reduced only on the last micro-batch."""
+        if self.last_micro or self.dist.world == 1 or not hasattr(module, "no_sync"):
+            return nullcontext()
+        return module.no_sync()
+
+
+class Trainer:
+    """Subclass and fill in; see the module docstring."""
+
+    name = "train"
+    config: TrainConfig
+
+    def rows(self) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    def data_facts(self) -> dict[str, Any]:
+        return {}
+
+    def build(self, ctx: StepContext) -> Parts:
+        raise NotImplementedError
+
+    def prepare(self, ctx: StepContext) -> None:
+        """After resuming: DDP-wrap what needs it (when ctx.dist.world > 1), build what uses it."""
+
+    def micro_step(self, batch, ctx: StepContext) -> Mapping[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def optimizer_step(self, ctx: StepContext) -> Mapping[str, float]:
+        raise NotImplementedError
+
+    def describe(self, row: Mapping[str, float]) -> str:
+        return self.name
+
+    def sample(self, step: int, ctx: StepContext) -> None:
+        """A preview (rank 0, every sample_every steps and at the end)."""
+
+    def finished(self, step: int) -> str | None:
+        """A message when the run's output already exists (then nothing is done), else None."""
+        return None
+
+    def finish(self, step: int, ctx: StepContext) -> None:
+        """Write the run's output (rank 0, after the last checkpoint)."""
+
+    def result(self, step: int) -> dict[str, Any]:
+        return {"steps": step}
+
+
+# --------------------------------------------------------------------------------------------
+#                                       The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _mean_over_ranks(values: dict[str, float], dist: Dist) -> dict[str, float]:
+    if dist.world == 1 or not values:
+        return values
+    keys = list(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=dist.device)
+    torch.distributed.all_reduce(tensor)
+    return {k: float(v) / dist.world for k, v in zip(keys, tensor.tolist())}
+
+
+def run(trainer: Trainer, out: Path) -> dict[str, Any]:
+    """Train (or resume, or find finished) the run in `out`; see the module docstring."""
+    cfg = trainer.config
+    out = Path(out)
+    dist = distributed.init(cfg.device)
+    show = dist.is_main and not cfg.quiet
+    device = dist.device
+    accumulation = accumulation_steps(cfg, dist.world)
+    ctx = StepContext(cfg=cfg, dist=dist, out=out, accumulation=accumulation, total_steps=0)
+
+    rows = trainer.rows()
+    steps = total_steps(cfg, len(rows))
+    ctx.total_steps = steps
+    record = dict(cfg.record(), total_steps=steps, accumulation=accumulation, world_size=dist.world,
+                  **trainer.data_facts(), producer=f"sendvae {__version__}")
+    # Rank 0 creates or checks the folder first; the others check it only once config.json is
+    # there (checking while rank 0 writes it would see a half-made folder).
+    ignore = cfg.RUN_ONLY + cfg.RUN_FACTS
+    resumed = prepare_run_dir(out, record, ignore=ignore, is_main=True) if dist.is_main else False
+    dist.barrier()
+    if not dist.is_main:
+        prepare_run_dir(out, record, ignore=ignore, is_main=False)
+
+    # Models. Seeded so that a resumed run builds the same random parts before loading.
+    torch.manual_seed(cfg.seed)
+    parts = trainer.build(ctx)
+    ema = EMA(parts.ema_of, cfg.ema) if cfg.ema and parts.ema_of is not None else None
+    modules = dict(parts.modules)
+    if ema is not None:
+        modules["ema"] = ema.shadow
+    ctx.ema = ema
+
+    checkpoints = Checkpoints(out / "checkpoints", keep=cfg.keep_checkpoints)
+    ctx.checkpoints = checkpoints
+    step = 0
+    latest = checkpoints.latest()
+    if latest is not None:
+        state = checkpoints.load(latest, modules)
+        for name, optimizer in parts.optimizers.items():
+            optimizer.load_state_dict(state[name])
+        step = int(state["step"])
+        info(f"resuming {out} from {latest.name}", show)
+    elif resumed:
+        info(f"{out} has no checkpoint yet: starting from step 0", show)
+    ctx.step = step
+
+    if step >= steps:
+        done = trainer.finished(step)
+        if done is not None:
+            info(done, show)
+            return trainer.result(step)
+
+    trainer.prepare(ctx)
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=dist.is_main)
+    sampler = StreamBatchSampler(len(rows), cfg.micro_batch, dist.world, dist.rank, accumulation,
+                                 seed=cfg.seed, start_step=step)
+    # The loader gets its own generator: creating its iterator must not draw from the global RNG,
+    # whose state the checkpoint restores (else a resumed run would drift from an uninterrupted one).
+    loader = torch.utils.data.DataLoader(rows, batch_sampler=sampler, num_workers=cfg.workers,
+                                         pin_memory=device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    batches = iter(loader)
+
+    def save(at_step: int) -> None:
+        if dist.is_main:
+            checkpoints.save(at_step, modules, {name: o.state_dict() for name, o in parts.optimizers.items()})
+        dist.barrier()
+
+    last_saved = step
+    window: dict[str, float] = {}
+    window_n, window_t0 = 0, time.perf_counter()
+    with progress_bar(trainer.name, total=steps, completed=step, unit="step", show=show) as bar:
+        while step < steps:
+            ctx.step = step
+            sums: dict[str, float] = {}
+            for micro in range(accumulation):
+                ctx.micro = micro
+                batch = next(batches)
+                torch.manual_seed(micro_batch_seed(cfg.seed, step, micro * dist.world + dist.rank))
+                for key, value in trainer.micro_step(batch, ctx).items():
+                    sums[key] = sums.get(key, 0.0) + float(value) / accumulation
+
+            # NaN guard: stop before the bad step touches the weights; the last checkpoint stays good.
+            finite = torch.tensor([1.0 if all(math.isfinite(v) for v in sums.values()) else 0.0], device=device)
+            if dist.world > 1:
+                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+            if finite.item() < 1:
+                bad = ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
+                raise TrainingDiverged(f"loss is not finite at step {step} ({bad}); stopped. The last good checkpoint "
+                                       f"is {checkpoints.latest() or 'none'}; lower --lr or check the data")
+            sums.update(trainer.optimizer_step(ctx))
+            if ema is not None:
+                ema.update(parts.ema_of)
+            step += 1
+            ctx.step = step
+            bar.advance(1)
+
+            for key, value in sums.items():
+                window[key] = window.get(key, 0.0) + value
+            window_n += 1
+            if step % cfg.log_every == 0 or step == steps:
+                elapsed = time.perf_counter() - window_t0
+                row = _mean_over_ranks({k: v / window_n for k, v in window.items()}, dist)
+                row["images_per_s"] = window_n * cfg.batch_size / max(elapsed, 1e-9)
+                metrics.write(step, row)
+                bar.describe(trainer.describe(row))
+                window, window_n, window_t0 = {}, 0, time.perf_counter()
+            if dist.is_main and (step % cfg.sample_every == 0 or step == steps):
+                trainer.sample(step, ctx)
+            if step % cfg.checkpoint_every == 0 or step == steps:
+                save(step)
+                last_saved = step
+    if last_saved != step:
+        save(step)
+
+    if dist.is_main:
+        trainer.finish(step, ctx)
+    dist.barrier()
+    return trainer.result(step)

@@ -1,0 +1,78 @@
+"""train-vae's configuration: the presets, the typed config, and the preset/flag merge.
+
+`paper` is the published recipe; `tiny` a CPU smoke scale. A flag the user gives wins over the
+preset; `from_flags` is the one place that merge happens. Every field is recorded in
+OUT/config.json (see `train/loop.py`), so a resume with other result-changing values is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from sendvae_cli.train.loop import TrainConfig
+from sendvae_cli.train.run_config import resolve
+
+COMMON = {
+    "seed": 0, "num_images": None, "lr": 3e-4, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0,
+    "grad_clip": 1.0, "align_weight": 1.0, "mapper_depth": 1, "mapper_patch": None, "noise": True,
+    "recon": "l1", "recon_weight": 1.0, "lpips_weight": 1.0, "kl_weight": 1e-6, "gan_weight": 0.1,
+    "disc_start": 0, "disc_lr": 1e-4, "ema": 0.0, "precision": "auto", "keep_checkpoints": 2,
+    "steps": None, "epochs": None,
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published recipe: ImageNet 256 px, 80 epochs at global batch 1024 (~100k steps).
+    "paper": dict(COMMON, teacher="dinov2-b", vae="va-vae", resolution=256, batch_size=1024, micro_batch=32,
+                  epochs=80, log_every=50, checkpoint_every=2000, sample_every=2000, stats_images=10000),
+    # CPU smoke scale: a few hundred small steps in minutes.
+    "tiny": dict(COMMON, teacher="dinov2-s", vae="tiny", resolution=64, batch_size=8, micro_batch=8,
+                 num_images=2000, steps=300, log_every=10, checkpoint_every=50, sample_every=100,
+                 stats_images=256),
+}
+
+
+@dataclass(kw_only=True)
+class VAETrainConfig(TrainConfig):
+    teacher: str
+    vae: str
+    resolution: int
+    random_weights: bool = False
+    # Send-VAE mapper and alignment
+    align_weight: float = 1.0
+    mapper_depth: int = 1
+    mapper_patch: int | None = None
+    noise: bool = True
+    # L_VAE
+    recon: str = "l1"
+    recon_weight: float = 1.0
+    lpips_weight: float = 1.0
+    kl_weight: float = 1e-6
+    gan_weight: float = 0.1
+    disc_start: int = 0
+    disc_lr: float = 1e-4
+    # export
+    stats_images: int
+    # local files (paths as strings, as config.json records them)
+    teacher_weights: str | None = None
+    teacher_features: str | None = None
+    vae_weights: str | None = None
+    disc_weights: str | None = None
+    lpips_vgg_weights: str | None = None
+    lpips_lin_weights: str | None = None
+
+    RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + ("stats_images", "teacher_features")
+
+    @classmethod
+    def from_flags(cls, preset: str, explicit: Mapping[str, Any], **run: Any) -> "VAETrainConfig":
+        """The preset, overridden by each flag given (None = not given), plus run settings."""
+        merged = resolve(PRESETS[preset], explicit)
+        if explicit.get("steps") is None and explicit.get("epochs") is not None:
+            merged["steps"] = None  # --epochs replaces the preset's step count
+        merged["micro_batch"] = min(merged["micro_batch"], merged["batch_size"])
+        paths = {k: (str(v) if v else None) for k, v in run.items() if k in PATH_FIELDS}
+        rest = {k: v for k, v in run.items() if k not in PATH_FIELDS}
+        return cls(**merged, **rest, **paths, preset=preset)
+
+
+PATH_FIELDS = ("teacher_weights", "teacher_features", "vae_weights", "disc_weights", "lpips_vgg_weights",
+               "lpips_lin_weights")
