@@ -80,7 +80,7 @@ def existing(*named: tuple[str, Path | None]) -> None:
 
 # ---- --config FILE ---------------------------------------------------------------------------
 # config.json fields recorded under another name than the flag that sets them: {command: {field: (param, convert)}}.
-CONFIG_ALIASES = {"train-vae": {"noise": ("no_noise", lambda on: not on)}}
+CONFIG_ALIASES = {"train-vae": {"noise": ("no_noise", lambda on: not on), "keep_checkpoints": ("keep", int)}}
 
 
 def _apply_config_file(ctx: typer.Context, param, value: Optional[Path]):
