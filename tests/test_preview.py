@@ -1,6 +1,5 @@
 """Run grids: images spread across classes, a title (the step) and a caption per column."""
 
-import numpy as np
 import torch
 
 from sendvae_cli.train.preview import TEXT_HEIGHT, grid_image, save_grid, spread_rows

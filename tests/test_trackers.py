@@ -1,6 +1,7 @@
 """Trackers: TensorBoard event files and an offline wandb run receive scalars, grids and the configuration."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -38,10 +39,15 @@ def test_wandb_offline_run_is_written_locally(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    record(open_trackers(["wandb"], tmp_path, CONFIG))
+    tracker = open_trackers(["wandb"], tmp_path, CONFIG)
+    assert dict(tracker.trackers[0].run.config) == CONFIG  # the resolved configuration
+    record(tracker)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     records, = runs[0].glob("run-sendvae-*.wandb")  # what `wandb sync` uploads later
     assert list((runs[0] / "files" / "media" / "images").glob("recon_2_*.png"))
+    deadline = time.monotonic() + 60  # wandb's service process may still be flushing on a loaded machine
+    while b"align" not in records.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.5)
     content = records.read_bytes()
     assert b"batch_size" in content and b"loss" in content and b"align" in content
 

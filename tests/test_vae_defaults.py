@@ -14,7 +14,7 @@ from sendvae_cli.vae.open import open_vae, recorded_resolution
 def export_tiny(folder, resolution):
     from sendvae_cli.vae.autoencoder import VAE_CONFIGS
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.weights import build_model
+    from sendvae_cli.vae.formats import build_model
 
     torch.manual_seed(0)
     return export_vae(build_model(VAE_CONFIGS["tiny-f16d8"]), folder, provenance={"resolution": resolution})
