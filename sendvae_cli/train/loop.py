@@ -15,6 +15,11 @@ One step:
     every checkpoint_every steps an atomic checkpoint (weights + optimizers + step + EMA).
 So a killed run resumes exactly, and N processes draw the same numbers as N accumulated
 micro-batches in one.
+Around the steps: the trackers of `cfg.tracker` (rank 0; train/trackers.py) receive each
+metrics row, each grid `trainer.sample` returns, and the resolved configuration. SIGTERM or
+SIGINT (sendvae_cli/stopping.py) lets the step in hand finish, saves it, and ends with
+`Interrupted` saying where the run stopped; a rerun says "continuing at step N of M". The first
+checkpoint a process writes prints its size and what fills it (train/checkpoint_size.py).
 
 A trainer plugs in by subclassing `Trainer` with a config that subclasses `TrainConfig` (a
 dataclass: its fields are what config.json records; `RUN_ONLY` names those that may change on a
