@@ -78,6 +78,11 @@ def existing(*named: tuple[str, Path | None]) -> None:
             raise UserError(f"{name} {path}: no such file or folder")
 
 
+# ---- training runs (every trainer built on train/loop.py) -------------------------------------
+Keep = Annotated[Optional[int], typer.Option("--keep", help="Checkpoints kept: the newest N (default 2); older ones are deleted as new ones are saved.", rich_help_panel=RUN_PANEL, show_default=False)]
+Trackers = Annotated[Optional[list[str]], typer.Option("--tracker", help="Also log to tensorboard or wandb (repeat for both; optional extras). metrics.jsonl is always written.", rich_help_panel=RUN_PANEL, show_default=False)]
+
+
 # ---- --config FILE ---------------------------------------------------------------------------
 # config.json fields recorded under another name than the flag that sets them: {command: {field: (param, convert)}}.
 CONFIG_ALIASES = {"train-vae": {"noise": ("no_noise", lambda on: not on), "keep_checkpoints": ("keep", int)}}

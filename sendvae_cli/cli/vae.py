@@ -57,8 +57,8 @@ def train_vae(
     workers: o.Workers = None,
     device: o.Device = "auto",
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
-    keep: Annotated[Optional[int], typer.Option("--keep", help="Checkpoints kept: the newest N (default 2); older ones are deleted as new ones are saved.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
-    tracker: Annotated[Optional[list[str]], typer.Option("--tracker", help="Also log to tensorboard or wandb (repeat for both; optional extras). metrics.jsonl is always written.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    keep: o.Keep = None,
+    tracker: o.Trackers = None,
     config: o.ConfigFile = None,
     quiet: o.Quiet = False,
 ) -> None:
