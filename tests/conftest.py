@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 # No test may touch the network: hub libraries read these at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,6 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One thread per process: the suite runs two test processes on two cores (pytest -n 2), and the
 # commands it starts use DataLoader workers; OpenMP spinning on a busy core slows tiny models 10x.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Folder indexes and statistics caches go to a throw-away folder, not the user's ~/.cache.
+os.environ.setdefault("SENDVAE_CACHE", tempfile.mkdtemp(prefix="sendvae-test-cache-"))
 
 import subprocess
 import sys

@@ -8,7 +8,6 @@ random weights (the real VGG16 + lin layers; an exact pair still gives 0), so a 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -57,6 +57,8 @@ def test_run_folder_refuses_another_configuration(tmp_path):
     out = tmp_path / "run"
     assert prepare_run_dir(out, {"lr": 1e-4, "workers": 2}, ignore=["workers"], is_main=True) is False
     assert prepare_run_dir(out, {"lr": 1e-4, "workers": 8}, ignore=["workers"], is_main=True) is True
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "latest").write_text("step-000001")  # a step was saved: the run is one to resume
     before = (out / "config.json").read_text()
     with pytest.raises(UserError, match=r"another configuration \(lr: 0.0001 there, 0.0003 now\)"):
         prepare_run_dir(out, {"lr": 3e-4, "workers": 8}, ignore=["workers"], is_main=True)

@@ -34,6 +34,7 @@ from sendvae_cli.data.source import ImageSource, to_model_range
 from sendvae_cli.distributed import Dist
 from sendvae_cli.io import write_errors, write_json_atomic
 from sendvae_cli.progress import info, progress_bar
+from sendvae_cli.stopping import Interrupted, ignore_stop_signals, stop_on_signals
 
 Step = Callable[[torch.Tensor, torch.Tensor], Mapping[str, np.ndarray]]
 
@@ -114,31 +115,41 @@ def fill(cache: RowCache, source: ImageSource, dist: Dist, step: Step, *, batch_
         block.close()
     if not todo:
         return 0
+    if done:
+        info(f"{cache.out}: continuing with rows {done + 1}–{mine} of {mine}"
+             + (f" (this process's share of {cache.num_rows})" if dist.world > 1 else ""), show)
     loader = torch.utils.data.DataLoader(
         source,
         batch_sampler=[rows for _, rows in todo],
         num_workers=workers,
         pin_memory=dist.device.type == "cuda",
+        worker_init_fn=ignore_stop_signals,  # the main process finishes the batch in hand, then stops
     )
     batches_in = iter(loader)
     open_ = {b.path: b for b in cache.open_blocks(dist.rank, dist.world)}
     writer = BackgroundWriter()
     computed = 0
-    try:
-        if dist.world > 1:
-            label += f" (rank 0 of {dist.world})"
-        with progress_bar(label, total=mine, completed=done, show=show) as bar, torch.inference_mode():
-            for (path, rows), (images, labels) in zip(todo, batches_in):
-                x = to_model_range(images.to(dist.device, non_blocking=True))
-                writer.put(open_[path], step(x, labels))
-                computed += len(rows)
-                bar.advance(len(rows))
-    finally:
+    with stop_on_signals() as stop:
         try:
-            writer.close()
+            if dist.world > 1:
+                label += f" (rank 0 of {dist.world})"
+            with progress_bar(label, total=mine, completed=done, show=show) as bar, torch.inference_mode():
+                for (path, rows), (images, labels) in zip(todo, batches_in):
+                    x = to_model_range(images.to(dist.device, non_blocking=True))
+                    writer.put(open_[path], step(x, labels))
+                    computed += len(rows)
+                    bar.advance(len(rows))
+                    if stop.requested:
+                        break
         finally:
-            for block in open_.values():
-                block.close()
+            try:
+                writer.close()  # every computed batch reaches its block before the run stops
+            finally:
+                for block in open_.values():
+                    block.close()
+        if stop.requested and done + computed < mine:
+            raise Interrupted(f"{cache.out}: {stop.name} received; stopped after row {done + computed} of {mine}, "
+                              f"the rows written are kept. Rerun the same command to continue", stop.signum)
     return computed
 
 

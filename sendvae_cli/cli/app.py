@@ -34,13 +34,22 @@ def _print_error(message: str) -> None:
 
 def user_errors(command):
     """Report UserError, and any write error a user can fix (full disk, read-only, permission:
-    `sendvae_cli.io.write_error_message`), as one line (exit code 2) instead of a traceback."""
+    `sendvae_cli.io.write_error_message`), as one line (exit code 2) instead of a traceback; a run
+    stopped by SIGTERM or SIGINT (`Interrupted`) prints where it stopped and exits 128 + the signal number."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except UserError as error:
+            from sendvae_cli.stopping import Interrupted
+
+            if isinstance(error, Interrupted):  # stopped on request, after saving: not an error
+                from rich.console import Console
+
+                Console(stderr=True).print(f"[bold yellow]stopped:[/bold yellow] {error}", highlight=False,
+                                           soft_wrap=True)
+                raise typer.Exit(error.exit_code) from None
             _print_error(str(error))
             raise typer.Exit(2) from None
         except Exception as error:  # noqa: BLE001 - a write error a user can fix is one line too

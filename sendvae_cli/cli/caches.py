@@ -61,7 +61,7 @@ def cache_latents(
     out: Annotated[Path, typer.Option(help="Output HDF5 latent cache.", rich_help_panel=o.RUN_PANEL)] = Path("latents.h5"),
     flip: Annotated[bool, typer.Option("--flip", help="Also store the latents of the horizontally flipped images.", rich_help_panel=o.DATA_PANEL)] = False,
     info: Annotated[Optional[Path], typer.Option("--info", help="Print what a latent cache holds (attributes, counts, completeness, statistics) and exit.", show_default=False)] = None,
-    resolution: o.Resolution = 256,
+    resolution: Annotated[Optional[int], typer.Option(help="Image side after ADM centre crop (default: the resolution an exported VAE was trained at, else 256).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
     num_images: o.NumImages = None,
     seed: o.Seed = 0,
     root: o.Root = None,
@@ -100,6 +100,7 @@ def cache_latents(
     if out.expanduser().is_dir():
         raise UserError(f"--out {out}: is a folder; expected the path of an .h5 file")
     found = registry()
+    resolution = resolution_for_vae(vae, resolution, quiet)
 
     from sendvae_cli.caches.latents import CacheLatentsOptions, cache_latents as run_cache
     from sendvae_cli.progress import warn
@@ -111,3 +112,20 @@ def cache_latents(
                                    flip=flip, batch_size=batch_size, workers=workers, device=device,
                                    precision=precision, block_rows=block_rows, compression=compression, quiet=quiet)
     run_cache(source, out, settings, found)
+
+
+def resolution_for_vae(vae: str, resolution: int | None, quiet: bool = False) -> int:
+    """--resolution, else the one the exported VAE records (said on screen), else 256."""
+    if resolution is not None:
+        return resolution
+    from sendvae_cli.vae.open import recorded_resolution
+
+    recorded = recorded_resolution(vae)
+    if recorded and is_main() and not quiet:
+        from sendvae_cli.progress import info
+
+        info(f"--resolution {recorded}: the resolution {vae} was trained at (its vae.json); pass --resolution to change it")
+    return recorded or DEFAULT_RESOLUTION
+
+
+DEFAULT_RESOLUTION = 256

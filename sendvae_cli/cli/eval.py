@@ -95,7 +95,8 @@ def probe(
     from rich.console import Console
 
     from sendvae_cli.eval.linear_probe import ProbeSettings
-    from sendvae_cli.eval.probe import ProbeOptions, data_name, render_table, run_probe
+    from sendvae_cli.eval.probe import (ProbeOptions, data_name, epoch_cap_warnings, render_attribute_f1,
+                                        render_table, run_probe)
 
     name = data_name(data)
     settings = ProbeSettings(epochs=epochs, patience=patience, lr=lr, weight_decay=weight_decay,
@@ -107,6 +108,11 @@ def probe(
     summary = run_probe(options, found)
     if summary is not None:
         Console().print(render_table(summary))
+        Console().print(render_attribute_f1(summary))
+        from sendvae_cli.progress import warn
+
+        for line in epoch_cap_warnings(summary):
+            warn(line)
         if not quiet:
             Console(stderr=True).print(f"wrote {options.out / 'probe.json'} and {options.out / 'probe.png'}",
                                        highlight=False)

@@ -82,3 +82,46 @@ def existing(*named: tuple[str, Path | None]) -> None:
     for name, path in named:
         if path is not None and not path.expanduser().exists():
             raise UserError(f"{name} {path}: no such file or folder")
+
+
+# ---- training runs (every trainer built on train/loop.py) -------------------------------------
+Keep = Annotated[Optional[int], typer.Option("--keep", help="Checkpoints kept: the newest N (default 2); older ones are deleted as new ones are saved.", rich_help_panel=RUN_PANEL, show_default=False)]
+Trackers = Annotated[Optional[list[str]], typer.Option("--tracker", help="Also log to tensorboard or wandb (repeat for both; optional extras). metrics.jsonl is always written.", rich_help_panel=RUN_PANEL, show_default=False)]
+
+
+# ---- --config FILE ---------------------------------------------------------------------------
+# config.json fields recorded under another name than the flag that sets them: {command: {field: (param, convert)}}.
+CONFIG_ALIASES = {"train-vae": {"noise": ("no_noise", lambda on: not on), "keep_checkpoints": ("keep", int)}}
+
+
+def _apply_config_file(ctx: typer.Context, param, value: Optional[Path]):
+    """Eager callback of --config: the file's values become the command's defaults, so every flag
+    given on the command line still wins. A sendvae run's own config.json also records facts that
+    are not options (step counts, data hashes, ...): those are skipped; any other unknown key in a
+    file is an error naming it."""
+    if value is None:
+        return value
+    from sendvae_cli.train.config_file import option_values, read_config_file
+
+    try:
+        values = read_config_file(value)
+        params = {p.name for p in ctx.command.params if p.name and p.name != "config"}
+        written_by_us = str(values.get("producer", "")).startswith("sendvae")
+        for key, (name, convert) in CONFIG_ALIASES.get(ctx.command.name or "", {}).items():
+            if key in values and name in params:
+                values[name] = convert(values.pop(key))
+        recorded = set(values) - params if written_by_us else ()
+        chosen = option_values(values, ctx.command.name or "", params, recorded=recorded, path=value)
+    except UserError as error:
+        from sendvae_cli.cli.app import _print_error
+
+        _print_error(str(error))
+        raise typer.Exit(2) from None
+    ctx.default_map = {**(ctx.default_map or {}), **chosen}
+    return value
+
+
+ConfigFile = Annotated[Optional[Path], typer.Option(
+    "--config", is_eager=True, callback=_apply_config_file, rich_help_panel=RUN_PANEL, show_default=False,
+    help="Options from a TOML, YAML or JSON file (keys are option names; a run's config.json works too). "
+         "Flags given on the command line win.")]

@@ -28,7 +28,7 @@ def train_vae(
     random_weights: Annotated[bool, typer.Option(help="Teacher and LPIPS networks untrained (smoke runs, benchmarks).", rich_help_panel=o.TEACHER_PANEL)] = False,
     vae: Annotated[Optional[str], typer.Option(help="VAE base name, exported VAE folder, diffusers folder or .pt file (paper: va-vae).", rich_help_panel=o.VAE_PANEL, show_default=False)] = None,
     vae_weights: o.VaeWeights = None,
-    resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels (paper: 256).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    resolution: Annotated[Optional[int], typer.Option(help="Image side in pixels (default: the resolution an exported --vae was trained at, else the preset's; paper: 256).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
     num_images: o.NumImages = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for data order, noise and initialisation.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
@@ -57,6 +57,9 @@ def train_vae(
     workers: o.Workers = None,
     device: o.Device = "auto",
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    keep: o.Keep = None,
+    tracker: o.Trackers = None,
+    config: o.ConfigFile = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Fine-tune a VAE so its latent aligns with a frozen teacher through the Send-VAE mapper."""
@@ -67,7 +70,12 @@ def train_vae(
     o.positive(("--steps", steps), ("--batch-size", batch_size), ("--micro-batch", micro_batch),
                ("--resolution", resolution), ("--log-every", log_every), ("--num-images", num_images),
                ("--checkpoint-every", checkpoint_every), ("--sample-every", sample_every),
-               ("--stats-images", stats_images), ("--lr", lr), ("--epochs", epochs))
+               ("--stats-images", stats_images), ("--lr", lr), ("--epochs", epochs), ("--keep", keep))
+    from sendvae_cli.train.trackers import check_names
+
+    trackers = check_names(tracker)
+    if resolution is None and vae is not None:
+        resolution = resolution_from_vae(vae, quiet)
     if recon is not None and recon not in ("l1", "mse"):
         raise UserError(f"--recon {recon}: expected l1 or mse")
     o.check_precision(precision)
@@ -81,13 +89,13 @@ def train_vae(
         "mapper_patch": mapper_patch, "noise": False if no_noise else None, "recon": recon,
         "lpips_weight": lpips_weight, "kl_weight": kl_weight, "gan_weight": gan_weight, "disc_start": disc_start,
         "log_every": log_every, "checkpoint_every": checkpoint_every, "sample_every": sample_every,
-        "precision": precision, "stats_images": stats_images,
+        "precision": precision, "stats_images": stats_images, "keep_checkpoints": keep,
     }
     cfg = VAETrainConfig.from_flags(
         preset, explicit, data=data, random_weights=random_weights, device=device, quiet=quiet,
         workers=o.workers_or_default(workers), teacher_weights=teacher_weights, teacher_features=teacher_features,
         vae_weights=vae_weights, disc_weights=disc_weights, lpips_vgg_weights=lpips_vgg_weights,
-        lpips_lin_weights=lpips_lin_weights)
+        lpips_lin_weights=lpips_lin_weights, tracker=trackers)
     found = registry()
     found.teacher(cfg.teacher)  # unknown names fail before anything heavy is imported
     if random_weights and is_main():
@@ -98,3 +106,15 @@ def train_vae(
     from sendvae_cli.train.vae_trainer import train_vae as run
 
     run(cfg, found, out)
+
+
+def resolution_from_vae(vae: str, quiet: bool) -> int | None:
+    """The resolution an exported VAE (or train-vae run) was trained at, said on screen; None if it records none."""
+    from sendvae_cli.vae.open import recorded_resolution
+
+    recorded = recorded_resolution(vae)
+    if recorded and is_main() and not quiet:
+        from sendvae_cli.progress import info
+
+        info(f"--resolution {recorded}: the resolution {vae} was trained at (its vae.json); pass --resolution to change it")
+    return recorded

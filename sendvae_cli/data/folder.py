@@ -1,17 +1,18 @@
 """A folder of images as a dataset: class sub-folders give labels, a flat folder is unlabelled.
 
-Rows are the image files in sorted relative-path order. Every file is checked once when the
-folder is indexed (PIL opens it and verifies its structure, in threads); unreadable files are
-skipped and reported together, or refused with `strict=True`. Images are resized and centre
-cropped the way ADM (guided-diffusion) prepares ImageNet: halve with a box filter while the
-short side is at least twice the target, resize the short side to the target with bicubic,
-then crop the centre.
+Rows are the image files in sorted relative-path order. Every file is checked once (PIL opens
+it and verifies its structure, in threads) and the verdict is kept in a folder index
+(data/folder_index.py), so later commands on an unchanged folder open nothing before they
+start; unreadable files are skipped and reported together, or refused with `strict=True`.
+Damage that only shows when the pixels are decoded is reported, naming the file, at read time.
+Images are resized and centre cropped the way ADM (guided-diffusion) prepares ImageNet: halve
+with a box filter while the short side is at least twice the target, resize the short side to
+the target with bicubic, then crop the centre.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sendvae_cli.data.decode import to_rgb8
+from sendvae_cli.data.folder_index import IMAGE_SUFFIXES, index_folder, row_order, scan
 from sendvae_cli.data.source import NO_LABEL, ImageSource
 from sendvae_cli.errors import UserError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
-
 
 def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """ADM's centre crop: (size, size, 3) uint8 from a PIL image of any size."""
-    image = image.convert("RGB")
+    """ADM's centre crop: (size, size, 3) uint8 from a PIL image of any size and mode."""
+    image = to_rgb8(image)
     while min(image.size) >= 2 * size:
         image = image.resize(tuple(side // 2 for side in image.size), resample=Image.BOX)
     scale = size / min(image.size)
@@ -43,36 +44,29 @@ def list_images(root: Path, option: str) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{option} {root}: no such folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = [root / p for p in sorted(scan(root), key=row_order)]
     if not files:
         raise UserError(f"{option} {root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
-
-
-def _check_image(path: Path) -> str | None:
-    """None if PIL can open and verify the file, else the reason it cannot."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return None
-    except Exception as error:  # noqa: BLE001 - any unreadable image is reported, not raised
-        return f"{type(error).__name__}: {error}"
 
 
 class ImageFolder(ImageSource):
     def __init__(self, root: str | os.PathLike, resolution: int, *, strict: bool = False, workers: int = 8):
         self.root = Path(root).expanduser().resolve()
         self.resolution = int(resolution)
-        files = list_images(self.root, "DATA")
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            reasons = list(pool.map(_check_image, files))
-        self.skipped = [(p.relative_to(self.root).as_posix(), r) for p, r in zip(files, reasons) if r is not None]
+        if not self.root.is_dir():
+            raise UserError(f"DATA {root}: no such folder")
+        index = index_folder(self.root, workers)
+        self.index_location, self.verified = index.location, index.verified
+        self.skipped = index.skipped
+        if not index.paths and not index.skipped:
+            raise UserError(f"DATA {root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         if self.skipped and strict:
             path, reason = self.skipped[0]
             raise UserError(f"DATA {root}: unreadable image {path} ({reason}); {len(self.skipped)} in all (--strict)")
-        self.paths = [p.relative_to(self.root).as_posix() for p, r in zip(files, reasons) if r is None]
+        self.paths = index.paths
         if not self.paths:
-            raise UserError(f"DATA {root}: none of the {len(files)} images could be read")
+            raise UserError(f"DATA {root}: none of the {len(self.skipped)} images could be read")
 
         # Labelled when every image sits inside a first-level sub-folder (ImageNet layout).
         tops = [p.split("/", 1)[0] if "/" in p else None for p in self.paths]

@@ -88,6 +88,9 @@ class Subset(ImageSource):
     def row_id(self, index: int) -> str:
         return self.source.row_id(index)
 
+    def label(self, index: int) -> int:
+        return self.source.label(index)
+
     def attributes(self, index: int) -> np.ndarray:
         return self.source.attributes(index)
 

@@ -247,3 +247,34 @@ def render_table(summary: dict[str, Any]):
         row += [f"{r['val_metrics']['macro_f1']:.4f}", f"{r['best_epoch']}/{r['epochs_run']}"]
         table.add_row(*row)
     return table
+
+
+def hit_epoch_cap(record: dict[str, Any]) -> bool:
+    """True when a probe stopped at `epochs` while the validation loss was still improving."""
+    settings = record["settings"]
+    return record["epochs_run"] >= settings["epochs"] and record["epochs_run"] - record["best_epoch"] < settings["patience"]
+
+
+def epoch_cap_warnings(summary: dict[str, Any]) -> list[str]:
+    """One line per probe that ran out of epochs instead of stopping early."""
+    return [f"{r['label']}: the probe stopped at the epoch cap ({r['epochs_run']} epoch"
+            f"{'s' if r['epochs_run'] != 1 else ''}, best epoch "
+            f"{r['best_epoch']}) while the validation loss was still falling; its F1 may be low: "
+            f"rerun with a larger --epochs (or a larger --lr)" for r in summary["results"] if hit_epoch_cap(r)]
+
+
+def render_attribute_f1(summary: dict[str, Any], shown: int = 5):
+    """Per-attribute test F1: the `shown` best and worst attributes of each probe, side by side."""
+    from rich.table import Table
+
+    table = Table(title=f"Per-attribute F1 on test (best and worst {shown}; all in probe.json)", title_justify="left")
+    table.add_column("features")
+    table.add_column("best", overflow="fold")
+    table.add_column("worst", overflow="fold")
+    for r in summary["results"]:
+        ranked = sorted(r["per_attribute_f1"].items(), key=lambda kv: (-kv[1], kv[0]))
+        top = ranked[:shown]
+        bottom = [kv for kv in ranked[-shown:][::-1] if kv not in top]
+        table.add_row(r["label"], ", ".join(f"{k} {v:.2f}" for k, v in top),
+                      ", ".join(f"{k} {v:.2f}" for k, v in bottom) or "-")
+    return table

@@ -126,15 +126,10 @@ class Featurizer:
 
 
 def trained_resolution(request: FeatureRequest) -> int | None:
-    """The resolution an exported VAE was trained at (its vae.json says), without building it."""
-    if request.kind != "vae":
-        return None
-    info = Path(request.ref).expanduser() / "vae.json"
-    try:
-        value = (json.loads(info.read_text()).get("provenance") or {}).get("resolution")
-    except (OSError, ValueError):
-        return None
-    return int(value) if value else None
+    """The resolution an exported VAE (or a train-vae run folder) was trained at, without building it."""
+    from sendvae_cli.vae.open import recorded_resolution
+
+    return recorded_resolution(request.ref) if request.kind == "vae" else None
 
 
 def probe_resolution(requests: list[FeatureRequest], given: int | None) -> int:

@@ -33,11 +33,11 @@ def _timm(name, family, width, patch, model, licence, aliases=()):
     )
 
 
-def _clip(name, width, patch, arch, aliases=()):
+def _clip(name, width, patch, arch, hf_hub, aliases=()):
     return TeacherSpec(
         name=name, family="CLIP", width=width, patch_size=patch, factory=OPEN_CLIP,
         source=f"open_clip:{arch}/openai", licence="MIT", aliases=tuple(aliases),
-        options={"arch": arch, "pretrained": "openai"},
+        options={"arch": arch, "pretrained": "openai", "hf_hub": hf_hub},  # where open_clip fetches them
         tiny={"width": 64, "layers": 2, "head_width": 32, "image_size": 32, "output_dim": 32},
     )
 
@@ -72,8 +72,8 @@ TEACHERS = [
     _timm("dinov3-b", "DINOv3", 768, 16, "vit_base_patch16_dinov3.lvd1689m", "DINOv3 License"),
     _timm("dinov3-l", "DINOv3", 1024, 16, "vit_large_patch16_dinov3.lvd1689m", "DINOv3 License"),
     # CLIP (OpenAI weights through open_clip; QuickGELU as trained).
-    _clip("clip-b16", 768, 16, "ViT-B-16-quickgelu", ["clip-vit-b"]),
-    _clip("clip-l14", 1024, 14, "ViT-L-14-quickgelu", ["clip-vit-L", "clip-vit-l"]),
+    _clip("clip-b16", 768, 16, "ViT-B-16-quickgelu", "timm/vit_base_patch16_clip_224.openai", ["clip-vit-b"]),
+    _clip("clip-l14", 1024, 14, "ViT-L-14-quickgelu", "timm/vit_large_patch14_clip_224.openai", ["clip-vit-L", "clip-vit-l"]),
     # SigLIP (transformers).
     _hf("siglip-b16", "SigLIP", "siglip", "google/siglip-base-patch16-224",
         _vit_config(768, 12, 12, 3072, 224, 16), HALF, "Apache-2.0"),

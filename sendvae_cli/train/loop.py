@@ -16,6 +16,11 @@ One step:
     every checkpoint_every steps an atomic checkpoint (weights + optimizers + step + EMA).
 So a killed run resumes exactly, and N processes draw the same numbers as N accumulated
 micro-batches in one.
+Around the steps: the trackers of `cfg.tracker` (rank 0; train/trackers.py) receive each
+metrics row, each grid `trainer.sample` returns, and the resolved configuration. SIGTERM or
+SIGINT (sendvae_cli/stopping.py) lets the step in hand finish, saves it, and ends with
+`Interrupted` saying where the run stopped; a rerun says "continuing at step N of M". The first
+checkpoint a process writes prints its size and what fills it (train/checkpoint_size.py).
 
 A trainer plugs in by subclassing `Trainer` with a config that subclasses `TrainConfig` (a
 dataclass: its fields are what config.json records; `RUN_ONLY` names those that may change on a
@@ -41,7 +46,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -53,11 +58,13 @@ from sendvae_cli.distributed import Dist
 from sendvae_cli.errors import UserError
 from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.progress import info, progress_bar
+from sendvae_cli.stopping import Interrupted, ignore_stop_signals, stop_agreed, stop_on_signals
 from sendvae_cli.train.batches import StreamBatchSampler
 from sendvae_cli.train.checkpoint import Checkpoints
 from sendvae_cli.train.ema import EMA
 from sendvae_cli.train.metrics import MetricsLog
 from sendvae_cli.train.run_config import prepare_run_dir
+from sendvae_cli.train.trackers import Tracker, open_trackers
 
 # --------------------------------------------------------------------------------------------
 #                                     Configuration
@@ -87,6 +94,7 @@ class TrainConfig:
     checkpoint_every: int
     sample_every: int
     keep_checkpoints: int = 2
+    tracker: list[str] = field(default_factory=list)  # tensorboard / wandb (train/trackers.py)
     workers: int = 0
     device: str = "auto"
     quiet: bool = False
@@ -94,7 +102,7 @@ class TrainConfig:
     # Fields that may differ between a run and its resume without changing its result.
     RUN_ONLY: ClassVar[tuple[str, ...]] = (
         "workers", "quiet", "device", "log_every", "checkpoint_every", "sample_every", "keep_checkpoints",
-        "steps", "epochs", "total_steps", "preset")
+        "steps", "epochs", "total_steps", "preset", "tracker")
     # Facts the loop records beside the fields (config.json) that never block a resume.
     RUN_FACTS: ClassVar[tuple[str, ...]] = ("accumulation", "world_size", "producer")
 
@@ -211,8 +219,9 @@ class Trainer:
     def describe(self, row: Mapping[str, float]) -> str:
         return self.name
 
-    def sample(self, step: int, ctx: StepContext) -> None:
-        """A preview (rank 0, every sample_every steps and at the end)."""
+    def sample(self, step: int, ctx: StepContext) -> Mapping[str, Any] | None:
+        """A preview (rank 0, every sample_every steps and at the end); returns {tag: (H, W, 3) uint8
+        image} of the grids it saved, which the trackers receive."""
 
     def finished(self, step: int) -> str | None:
         """A message when the run's output already exists (then nothing is done), else None."""
@@ -293,9 +302,6 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
         for name, optimizer in parts.optimizers.items():
             optimizer.load_state_dict(state[name])
         step = int(state["step"])
-        info(f"resuming {out} from {latest.name}", show)
-    elif resumed:
-        info(f"{out} has no checkpoint yet: starting from step 0", show)
     ctx.step = step
 
     if step >= steps:
@@ -303,6 +309,10 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
         if done is not None:
             info(done, show)
             return trainer.result(step)
+    if latest is not None:
+        info(f"{out}: continuing at step {step} of {steps} (from {latest.name})", show)
+    elif resumed:
+        info(f"{out} has no checkpoint yet: starting from step 0", show)
 
     trainer.prepare(ctx)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=dist.is_main)
@@ -311,19 +321,46 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
     # The loader gets its own generator: creating its iterator must not draw from the global RNG,
     # whose state the checkpoint restores (else a resumed run would drift from an uninterrupted one).
     loader = torch.utils.data.DataLoader(rows, batch_sampler=sampler, num_workers=cfg.workers,
-                                         pin_memory=device.type == "cuda",
+                                         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
                                          generator=torch.Generator().manual_seed(cfg.seed))
     batches = iter(loader)
 
+    sized = []  # the first checkpoint this process saves says how large one is and what takes the space
+
     def save(at_step: int) -> None:
         if dist.is_main:
-            checkpoints.save(at_step, modules, {name: o.state_dict() for name, o in parts.optimizers.items()})
+            saved = checkpoints.save(at_step, modules, {name: o.state_dict() for name, o in parts.optimizers.items()})
+            if not sized:
+                from sendvae_cli.train.checkpoint_size import describe_checkpoint
+
+                sized.append(saved)
+                info(describe_checkpoint(saved, cfg.keep_checkpoints), show)
         dist.barrier()
 
-    last_saved = step
+    tracker = open_trackers(cfg.tracker, out, record) if dist.is_main else Tracker()
+    try:
+        step = _steps(trainer, ctx, cfg, dist, batches, bar_start=step, steps=steps, save=save, metrics=metrics,
+                      tracker=tracker, checkpoints=checkpoints, ema=ema, parts=parts, show=show)
+    finally:
+        tracker.close()
+
+    if dist.is_main:
+        trainer.finish(step, ctx)
+    dist.barrier()
+    return trainer.result(step)
+
+
+def _steps(trainer: Trainer, ctx: StepContext, cfg: TrainConfig, dist: Dist, batches, *, bar_start: int, steps: int,
+           save, metrics: MetricsLog, tracker: Tracker, checkpoints: Checkpoints, ema: EMA | None, parts: Parts,
+           show: bool) -> int:
+    """The steps from `bar_start` to `steps`; on SIGTERM / SIGINT the step in hand is finished,
+    saved, and `Interrupted` says where the run stopped."""
+    step = last_saved = bar_start
+    device, accumulation = dist.device, ctx.accumulation
     window: dict[str, float] = {}
     window_n, window_t0 = 0, time.perf_counter()
-    with progress_bar(trainer.name, total=steps, completed=step, unit="step", show=show) as bar:
+    with stop_on_signals() as stop, progress_bar(trainer.name, total=steps, completed=step, unit="step",
+                                                 show=show) as bar:
         while step < steps:
             ctx.step = step
             sums: dict[str, float] = {}
@@ -357,17 +394,22 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
                 row = _mean_over_ranks({k: v / window_n for k, v in window.items()}, dist)
                 row["images_per_s"] = window_n * cfg.batch_size / max(elapsed, 1e-9)
                 metrics.write(step, row)
+                if dist.is_main:
+                    tracker.log_scalars(step, row)
                 bar.describe(trainer.describe(row))
                 window, window_n, window_t0 = {}, 0, time.perf_counter()
             if dist.is_main and (step % cfg.sample_every == 0 or step == steps):
-                trainer.sample(step, ctx)
+                for tag, image in (trainer.sample(step, ctx) or {}).items():
+                    tracker.log_image(tag, image, step, caption=f"step {step}")
             if step % cfg.checkpoint_every == 0 or step == steps:
                 save(step)
                 last_saved = step
+            if step < steps and stop_agreed(stop, dist):
+                if last_saved != step:
+                    save(step)
+                raise Interrupted(f"{trainer.name}: {stop.name} received; stopped at step {step} of {steps}, "
+                                  f"saved as {checkpoints.folder / checkpoints.name(step)}. Rerun the same command "
+                                  f"to continue", stop.signum)
     if last_saved != step:
         save(step)
-
-    if dist.is_main:
-        trainer.finish(step, ctx)
-    dist.barrier()
-    return trainer.result(step)
+    return step

@@ -2,7 +2,8 @@
 
 The resolved configuration is written to OUT/config.json when a run starts. Rerunning the same
 command resumes; rerunning with options that change the result is refused with a one-line
-message naming what differs. Options listed as `RUN_ONLY` (workers, logging, ...) may change
+message naming what differs, unless no checkpoint was saved yet (a start that failed before
+its first step): then the new configuration replaces the old one. Options listed as `RUN_ONLY` (workers, logging, ...) may change
 between resumes, and so may the length of training.
 """
 
@@ -14,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from sendvae_cli.errors import UserError
 from sendvae_cli.io import remove_stale_temporaries, write_errors, write_json_atomic
+from sendvae_cli.train.checkpoint import LATEST
 
 
 def resolve(preset: Mapping[str, Any], explicit: Mapping[str, Any]) -> dict[str, Any]:
@@ -41,6 +43,16 @@ def prepare_run_dir(out: Path, config: Mapping[str, Any], *, ignore: Iterable[st
         except json.JSONDecodeError as error:
             raise UserError(f"{path}: not valid JSON ({error}); fix or delete it") from None
         diff = differences(old, json.loads(json.dumps(config, default=str)), ignore)
+        if diff and not (out / "checkpoints" / LATEST).exists():
+            # A start that failed before its first checkpoint (missing weights, a wrong option)
+            # leaves nothing to resume: the corrected command takes the folder over.
+            if is_main:
+                from sendvae_cli.progress import info
+
+                info(f"--out {out}: no step was saved under its earlier configuration ({'; '.join(diff[:3])}); "
+                     f"starting afresh with this one")
+                _write_json(path, config)
+            return False
         if diff:
             raise UserError(f"--out {out}: holds a run with another configuration ({'; '.join(diff[:3])}); "
                             f"rerun with the same options to resume it, or choose another --out")

@@ -28,7 +28,7 @@ from sendvae_cli.errors import UserError
 from sendvae_cli.train import loop
 from sendvae_cli.train.checkpoint import unwrap
 from sendvae_cli.train.loop import Parts, StepContext, clip_grad_norm
-from sendvae_cli.train.preview import save_grid
+from sendvae_cli.train.preview import save_grid, spread_rows
 from sendvae_cli.train.vae_config import VAETrainConfig
 from sendvae_cli.vae.mapper import Mapper, alignment_loss, describe_grid_mismatch, mapper_patch_size
 
@@ -128,8 +128,12 @@ class VAETrainer(loop.Trainer):
                                            weight_decay=cfg.weight_decay)
         self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.disc_lr,
                                                 betas=(cfg.beta1, cfg.beta2), weight_decay=0.0)
-        self.preview = to_model_range(torch.stack([self.source[i][0] for i in range(min(8, len(self.source)))])
-                                      .to(device))
+        # The preview images are spread across the classes (file order puts one class first).
+        self.preview_rows = spread_rows([self.source.label(i) for i in range(len(self.source))], 8)
+        self.preview = to_model_range(torch.stack([self.source[i][0] for i in self.preview_rows]).to(device))
+        names = self.source.class_names
+        self.preview_captions = [names[self.source.label(i)] if names and self.source.label(i) >= 0
+                                 else self.source.row_id(i).rsplit("/", 1)[-1] for i in self.preview_rows]
         return Parts(modules={"vae": vae, "mapper": mapper, "discriminator": self.discriminator},
                      optimizers={"optimizer": self.optimizer, "disc_optimizer": self.disc_optimizer}, ema_of=vae)
 
@@ -189,14 +193,17 @@ class VAETrainer(loop.Trainer):
     def describe(self, row) -> str:
         return f"train-vae align {row['align']:.3f} rec {row['recon']:.3f}"
 
-    def sample(self, step: int, ctx: StepContext) -> None:
+    def sample(self, step: int, ctx: StepContext) -> dict[str, Any]:
         with torch.no_grad():
             shown = unwrap(self.model).vae
             was_training = shown.training
             shown.eval()
-            save_grid([self.preview, shown(self.preview, sample=False)[0]],
-                      self.out / "samples" / f"recon-{step:06d}.png")
+            grid = save_grid([self.preview, shown(self.preview, sample=False)[0]],
+                             self.out / "samples" / f"recon-{step:06d}.png",
+                             title=f"step {step}: images (top), reconstructions (bottom)",
+                             captions=self.preview_captions)
             shown.train(was_training)
+        return {"recon": grid}
 
     def finish(self, step: int, ctx: StepContext) -> None:
         from sendvae_cli.progress import info

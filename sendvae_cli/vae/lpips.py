@@ -161,5 +161,6 @@ def find_weights(vgg_weights: Path | str | None, lin_weights: Path | str | None)
     if lin is None:
         missing.append(f"{LIN_FILE} (LPIPS v0.1 lin layers): `pip install lpips` ships it, or put it in {cache}/ or pass {LIN_OPTION} PATH")
     if missing:
-        raise WeightsNotFound("LPIPS: pretrained weights not found: " + "; ".join(missing))
+        raise WeightsNotFound("LPIPS: pretrained weights not found: " + "; ".join(missing)
+                              + "; or train without the perceptual loss: --lpips-weight 0")
     return vgg, lin

@@ -141,6 +141,11 @@ def open_path(path: Path, *, config: VAEConfig | None = None, what: str = "the V
                 raise UserError(f"{option} {path}: holds {loaded.config.describe()}, which does not fit {what} "
                                 f"{config.describe()}")
             return loaded
+        if is_exported(path / "export"):  # a train-vae run folder stands for its exported VAE
+            return open_path(path / "export", config=config, what=what, option=option, stats=stats)
+        if is_training_run(path):
+            raise UserError(f"{option} {path}: a train-vae run folder with no export/ yet (the run has not finished); "
+                            f"rerun its train-vae command to finish and export it")
         if (path / "config.json").is_file():
             return load_diffusers_folder(path, config=config, what=what, option=option)
         if (path / "vae" / "config.json").is_file():  # a whole diffusers pipeline
@@ -149,6 +154,30 @@ def open_path(path: Path, *, config: VAEConfig | None = None, what: str = "the V
     if path.is_file():
         return load_weights_file(path, config=config, what=what, option=option, stats=stats)
     raise UserError(f"{option} {path}: no such file or folder")
+
+
+def is_training_run(path: Path) -> bool:
+    """A `train-vae` run folder: checkpoints/, or a config.json written by sendvae (a diffusers one never is)."""
+    if (path / "checkpoints").is_dir():
+        return True
+    try:
+        producer = json.loads((path / "config.json").read_text()).get("producer", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(producer, str) and producer.startswith("sendvae")
+
+
+def recorded_resolution(ref: str | Path) -> int | None:
+    """The image resolution an exported VAE (or a train-vae run folder's export) was trained at,
+    read from its vae.json without building it; None for anything else."""
+    path = Path(ref).expanduser()
+    for info in (path / "vae.json", path / "export" / "vae.json"):
+        try:
+            value = (json.loads(info.read_text()).get("provenance") or {}).get("resolution")
+        except (OSError, ValueError, AttributeError):
+            continue
+        return int(value) if value else None
+    return None
 
 
 def looks_like_path(ref: str) -> bool:
