@@ -15,8 +15,8 @@ measures, on the same machine:
 
 Per extractor (`--extractors`, default all three), the same pipeline run (`evaluate()` on the
 `.npz` against saved statistics of that extractor's width) is set against its bare forward: the
-Inception forward on uint8 batches (its resize is inside the network), a teacher's
-`global_features` on batches already resized to 224 px. `ratio` = pipeline / bare (goal >= 0.9).
+extractor called on uint8 batches already in memory (Inception's resize is inside its network, a
+teacher's 224 px resize inside `TeacherFeatures`). `ratio` = pipeline / bare (goal >= 0.9).
 
 The weights are random (the release files cannot be downloaded here): the networks and their
 FLOPs are the real ones. From the FLOPs per image it prints what a GPU needs for 50,000 images at an
@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sendvae_cli.data.shapes import ShapesSource
 from sendvae_cli.eval.fid import FidOptions, evaluate
 from sendvae_cli.eval.frechet import Gaussian, frechet_distance
-from sendvae_cli.eval.extractors import TEACHER_INPUT_SIZE, open_extractor, resize_uint8
+from sendvae_cli.eval.extractors import open_extractor
 from sendvae_cli.eval.inception import InceptionFeatures, random_inception_weights
 from sendvae_cli.eval.inputs import FolderImages, ReferenceStats, save_stats
 from sendvae_cli.eval.metrics import precision_recall
@@ -200,7 +200,6 @@ def time_teacher(name: str, pixels: np.ndarray, tmp: Path, device: torch.device,
     np.savez(tmp / f"samples-{name}.npz", arr_0=pixels[:n])
     batches = [torch.from_numpy(pixels[s : s + batch_size]).permute(0, 3, 1, 2).contiguous()
                for s in range(0, n, batch_size)]
-    resized = [resize_uint8(b.to(device), TEACHER_INPUT_SIZE).div_(127.5).sub_(1.0) for b in batches]
     with FlopCounterMode(display=False) as counter:
         extractor(batches[0][:1])
     flops = counter.get_total_flops()
@@ -209,12 +208,11 @@ def time_teacher(name: str, pixels: np.ndarray, tmp: Path, device: torch.device,
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    extractor.teacher.global_features(resized[0][:2], size=TEACHER_INPUT_SIZE)  # warm-up
+    extractor(batches[0][:2])  # warm-up
     sync()
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for x in resized:
-            extractor.teacher.global_features(x, size=TEACHER_INPUT_SIZE)
+    for batch in batches:  # uint8 in memory -> features: the resize to 224 px belongs to the extractor
+        extractor(batch)
     sync()
     bare = n / (time.perf_counter() - t0)
 
