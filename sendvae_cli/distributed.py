@@ -62,7 +62,3 @@ def init(requested_device: str | None = None) -> Dist:
         dist.init_process_group(backend, timeout=timedelta(hours=6))
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
-
-def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

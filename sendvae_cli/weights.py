@@ -1,6 +1,8 @@
-"""Reading weights files safely, loading them strictly, and saying why pretrained weights are missing.
+"""The one door for weight files: finding them (a given path, the torch hub cache, an installed
+package), downloading them (with a hash prefix), reading them safely, loading them strictly,
+and saying in one line why pretrained weights are missing.
 
-Shared by teachers, the VAE, LPIPS and the discriminator.
+Shared by teachers (and teacher plugins), the VAE, LPIPS, the discriminator and Inception.
 
 Files are safetensors or plain tensor pickles read with `torch.load(weights_only=True)`;
 nothing else is ever unpickled. A folder is searched for the usual weight file names.
@@ -8,6 +10,9 @@ nothing else is ever unpickled. A folder is searched for the usual weight file n
 
 from __future__ import annotations
 
+import errno
+import importlib.util
+import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -25,6 +30,63 @@ WEIGHT_FILE_NAMES = (
     "model.pt",
 )
 NESTED_KEYS = ("state_dict", "model", "teacher", "module")
+
+
+#################################################################################
+#                       Where weight files are found                            #
+#################################################################################
+
+
+def hub_checkpoints() -> Path:
+    """torch's download cache (TORCH_HOME/hub/checkpoints), where torchvision keeps weights too."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE set: nothing is downloaded, a missing file is reported at once."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def packaged_file(package: str, relative_path: str) -> Path | None:
+    """A file inside an installed package, found without importing the package."""
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for folder in (found.submodule_search_locations or []) if found else []:
+        path = Path(folder) / relative_path
+        if path.is_file():
+            return path
+    return None
+
+
+def given_file(given: Path | str, file_name: str, option: str) -> Path:
+    """A user-given file, or a folder holding `file_name`; else one line naming both."""
+    path = Path(given).expanduser()
+    if path.is_dir():
+        path = path / file_name
+    if not path.is_file():
+        raise UserError(f"{option} {given}: no such file (expected {file_name} or a folder holding it)")
+    return path
+
+
+def download(url: str, file_name: str, hash_prefix: str | None = None) -> Path | None:
+    """Fetch `url` into the torch hub cache as `file_name`; None when offline or unreachable.
+
+    Any other failure (a full disk, a folder without write permission, a file whose SHA-256
+    does not start with `hash_prefix`) is raised as it is: it is not "weights not found".
+    """
+    if offline():
+        return None
+    target = hub_checkpoints() / file_name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=hash_prefix, progress=False)
+    except Exception as error:  # noqa: BLE001 - 'no network' is reported as missing weights
+        if not is_unreachable(error):
+            raise
+        return None
+    return target
 
 
 def file_sha256(path: Path) -> str:
@@ -127,6 +189,10 @@ def load_exactly(module: nn.Module, state: dict[str, torch.Tensor], *, path: Pat
     module.load_state_dict(state, strict=True)
 
 
+# OSErrors about this machine's disk and permissions: never "not cached and no network".
+LOCAL_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
 def is_unreachable(error: BaseException) -> bool:
     """True when an exception chain says 'not cached and no network', not a real bug."""
     names = {
@@ -148,6 +214,8 @@ def is_unreachable(error: BaseException) -> bool:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in LOCAL_ERRNOS:
+            return False  # the disk or the permissions, not the network
         if any(cls.__name__ in names for cls in type(error).__mro__):
             return True
         error = error.__cause__ or error.__context__

@@ -78,7 +78,7 @@ def test_info_rerun_and_another_configuration(reference, tmp_path):
     assert again.returncode == 0 and "already complete" in again.stderr and reference.read_bytes() == before
     # Another VAE (same architecture, other weights) on the same output: refused, nothing touched.
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.weights import build_model
+    from sendvae_cli.vae.formats import build_model
     from sendvae_cli.vae.autoencoder import VAE_CONFIGS
 
     torch.manual_seed(1)

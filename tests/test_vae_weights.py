@@ -330,7 +330,7 @@ def test_hub_base_offline_without_cache_says_what_is_missing(tmp_path, monkeypat
 
 
 def test_building_from_a_state_dict_copies_and_exports_feed_bases(tmp_path, registry):
-    from sendvae_cli.vae.weights import build_model
+    from sendvae_cli.vae.formats import build_model
 
     source = registry.vae_base("tiny").build().model
     copy = build_model(source.config, source.state_dict())

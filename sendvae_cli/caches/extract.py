@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
@@ -119,8 +118,3 @@ def extract(source: ImageSource, spec, out: Path, options: ExtractOptions) -> di
     )
     return dict(summary, computed=computed)
 
-
-def read_tokens(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    """All tokens of a finished cache and its attributes (small caches, tests and tools)."""
-    with h5py.File(path, "r") as f:
-        return f["tokens"][:], dict(f.attrs)

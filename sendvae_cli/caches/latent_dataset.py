@@ -188,7 +188,7 @@ def stats_from(stats: Any, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) float64 (C,) from a statistics file (REPA-E `*-latents-stats.pt`, LightningDiT
     `latents_stats.pt`) or a (mean, std) pair."""
     if isinstance(stats, (str, Path)):
-        from sendvae_cli.vae.weights import read_latent_stats
+        from sendvae_cli.vae.formats import read_latent_stats
 
         mean, std = read_latent_stats(Path(stats).expanduser(), channels, option="--latent-stats")
         return mean.double().numpy(), std.double().numpy()

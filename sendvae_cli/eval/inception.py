@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import UserError, WeightsNotFound
+from sendvae_cli.weights import download, given_file, hub_checkpoints
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 RELEASE_SHA256_PREFIX = "6726825d"
@@ -55,44 +55,14 @@ def weights_url() -> str:
     return URL_INCEPTION_V3
 
 
-def hub_checkpoints() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _download() -> Path | None:
-    """Fetch the release file into the torch hub cache; None when offline or unreachable."""
-    if offline():
-        return None
-    from sendvae_cli.weights import is_unreachable
-
-    target = hub_checkpoints() / WEIGHTS_FILE
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(weights_url(), str(target), hash_prefix=RELEASE_SHA256_PREFIX, progress=False)
-    except Exception as error:  # noqa: BLE001 - 'no network' is reported as missing weights
-        if not is_unreachable(error):
-            raise
-        return None
-    return target
-
-
 def find_weights(given: Path | str | None) -> Path:
     """The weights file to use, or one WeightsNotFound line naming the file and where it goes."""
     if given is not None:
-        path = Path(given).expanduser()
-        if path.is_dir():
-            path = path / WEIGHTS_FILE
-        if not path.is_file():
-            raise UserError(f"{OPTION} {given}: no such file (expected {WEIGHTS_FILE} or a folder holding it)")
-        return path
+        return given_file(given, WEIGHTS_FILE, OPTION)
     cached = hub_checkpoints() / WEIGHTS_FILE
     if cached.is_file():
         return cached
-    downloaded = _download()
+    downloaded = download(weights_url(), WEIGHTS_FILE, hash_prefix=RELEASE_SHA256_PREFIX)
     if downloaded is not None:
         return downloaded
     raise WeightsNotFound(

@@ -18,8 +18,6 @@ from torch import nn
 # grid then equals the latent grid of an f16 VAE (and of an f8 VAE with a patch-2 mapper).
 TOKEN_STRIDE = 16
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.io import save_safetensors
 
 LATEST = "latest"
 
@@ -59,8 +60,6 @@ class Checkpoints:
         return path
 
     def save(self, step: int, modules: Mapping[str, nn.Module], state: Mapping[str, Any]) -> Path:
-        from safetensors.torch import save_file
-
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / self.name(step)
         tmp = self.folder / (self.name(step) + ".tmp")
@@ -70,7 +69,7 @@ class Checkpoints:
         for prefix, module in modules.items():
             for key, value in unwrap(module).state_dict().items():
                 tensors[f"{prefix}.{key}"] = value.detach().contiguous().cpu()
-        save_file(tensors, str(tmp / "weights.safetensors"))
+        save_safetensors(tensors, tmp / "weights.safetensors")
         torch.save(dict(state, step=step), tmp / "state.pt")
         _fsync_dir(tmp)
         if final.exists():

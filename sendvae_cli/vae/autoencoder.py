@@ -7,7 +7,7 @@ latent-diffusion `Encoder` / `Decoder` that SD-VAE, VA-VAE (LightningDiT), IN-VA
 Module names follow the LDM state-dict layout exactly (`encoder.down.0.block.0.norm1.weight`,
 `encoder.mid.attn_1.q.weight`, `decoder.up.3.upsample.conv.weight`, `quant_conv.weight`, ...),
 so REPA-E and LightningDiT `.pt` files load with `load_state_dict` and no renaming. The
-diffusers layout is a rename away (see `weights.py`).
+diffusers layout is a rename away (see `formats.py`).
 
 Conventions: images in [-1, 1], NCHW, float. `encode(x)` returns the posterior; `decode(z)`
 takes an unnormalised latent (per-channel latent normalisation lives with the caller).

@@ -5,7 +5,7 @@ initial weights come from. Factory contract (`sendvae_cli.vae.open:build_base`):
 
     spec.build(weights: Path | None = None, random_weights: bool = False) -> LoadedVAE
 
-`LoadedVAE` (sendvae_cli.vae.weights) holds `.model` (AutoencoderKL, LDM layout, float32, CPU),
+`LoadedVAE` (sendvae_cli.vae.formats) holds `.model` (AutoencoderKL, LDM layout, float32, CPU),
 `.latent_mean` / `.latent_std` (float32 (C,) tensors, or None when the source has none) and
 `.provenance` (dict). `weights` is any local source `open_vae` reads (REPA-E .pt, diffusers
 folder, exported folder) and must fit the base's architecture; `random_weights` skips loading.

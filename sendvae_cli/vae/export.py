@@ -30,9 +30,10 @@ from typing import Any, Callable, Mapping
 import torch
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.io import save_safetensors
 from sendvae_cli.weights import file_sha256
 from sendvae_cli.vae.autoencoder import AutoencoderKL, VAEConfig, config_name
-from sendvae_cli.vae.weights import LoadedVAE, build_model, check_fits, diffusers_config, ldm_to_diffusers
+from sendvae_cli.vae.formats import LoadedVAE, build_model, check_fits, diffusers_config, ldm_to_diffusers
 
 FORMAT = "sendvae-vae"
 FORMAT_VERSION = 1
@@ -97,8 +98,6 @@ def export_vae(model: AutoencoderKL | LoadedVAE, folder: Path, *, latent_mean=No
     `model` may be a LoadedVAE, whose statistics and provenance are used unless given here.
     latent_mean / latent_std: per-channel (C,) values (tensor or list), or None when unknown.
     """
-    from safetensors.torch import save_file
-
     from sendvae_cli import __version__
 
     if isinstance(model, LoadedVAE):
@@ -130,7 +129,7 @@ def export_vae(model: AutoencoderKL | LoadedVAE, folder: Path, *, latent_mean=No
     }
 
     def write_weights(path: Path) -> None:
-        save_file(state, str(path), metadata={"format": "pt", "layout": "ldm"})
+        save_safetensors(state, path, metadata={"format": "pt", "layout": "ldm"})
         info["weights_sha256"] = file_sha256(path)
 
     def write_info(path: Path) -> None:
@@ -198,10 +197,8 @@ def export_diffusers(model: AutoencoderKL | LoadedVAE, folder: Path, *, latent_m
     """Write a diffusers AutoencoderKL folder (config.json + diffusion_pytorch_model.safetensors).
 
     `diffusers.AutoencoderKL.from_pretrained(folder)` loads it. Per-channel statistics go to
-    latents_mean / latents_std with scaling_factor 1.0 (see `weights.diffusers_config`).
+    latents_mean / latents_std with scaling_factor 1.0 (see `formats.diffusers_config`).
     """
-    from safetensors.torch import save_file
-
     if isinstance(model, LoadedVAE):
         latent_mean = model.latent_mean if latent_mean is None else latent_mean
         latent_std = model.latent_std if latent_std is None else latent_std
@@ -216,7 +213,7 @@ def export_diffusers(model: AutoencoderKL | LoadedVAE, folder: Path, *, latent_m
     state = ldm_to_diffusers(state, len(config.ch_mult))
 
     def write_weights(path: Path) -> None:
-        save_file(state, str(path), metadata={"format": "pt"})
+        save_safetensors(state, path, metadata={"format": "pt"})
 
     def write_config(path: Path) -> None:
         path.write_text(json.dumps(cfg, indent=2) + "\n")

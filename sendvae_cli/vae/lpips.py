@@ -20,18 +20,17 @@ respect to its inputs. Images are in [-1, 1] (NCHW); the distance is computed in
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from sendvae_cli.errors import UserError, WeightsNotFound
-from sendvae_cli.weights import is_unreachable, load_exactly, read_state_dict
+from sendvae_cli.errors import WeightsNotFound
+from sendvae_cli.weights import download, given_file, hub_checkpoints, load_exactly, packaged_file, read_state_dict
 
 VGG_FILE = "vgg16-397923af.pth"
 VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+VGG_SHA256_PREFIX = "397923af"  # torchvision file names end in the first digits of their SHA-256
 LIN_FILE = "vgg.pth"
 LIN_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
 VGG_OPTION = "--lpips-vgg-weights"
@@ -138,61 +137,23 @@ class LPIPS(nn.Module):
 
 
 # -- finding the weight files ------------------------------------------------------------------
-def hub_checkpoints() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
 def packaged_lin_weights() -> Path | None:
     """`lpips/weights/v0.1/vgg.pth` of an installed lpips package, found without importing it."""
-    spec = importlib.util.find_spec("lpips")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(folder) / "weights" / "v0.1" / LIN_FILE
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def resolve(given: Path | str | None, file_name: str, option: str) -> Path:
-    """A user-given file, or a folder holding `file_name`."""
-    path = Path(given).expanduser()
-    if path.is_dir():
-        path = path / file_name
-    if not path.is_file():
-        raise UserError(f"{option} {given}: no such file (expected {file_name} or a folder holding it)")
-    return path
-
-
-def download(url: str, file_name: str) -> Path | None:
-    """Fetch into the torch hub cache; None when offline or unreachable."""
-    if offline():
-        return None
-    target = hub_checkpoints() / file_name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(url, str(target), progress=False)
-    except Exception as error:  # noqa: BLE001
-        if not is_unreachable(error):
-            raise
-        return None
-    return target
+    return packaged_file("lpips", f"weights/v0.1/{LIN_FILE}")
 
 
 def find_weights(vgg_weights: Path | str | None, lin_weights: Path | str | None) -> tuple[Path, Path]:
     """Both weight files, or one WeightsNotFound line naming every missing file and where it goes."""
     cache = hub_checkpoints()
-    vgg = resolve(vgg_weights, VGG_FILE, VGG_OPTION) if vgg_weights is not None else None
+    vgg = given_file(vgg_weights, VGG_FILE, VGG_OPTION) if vgg_weights is not None else None
     if vgg is None and (cache / VGG_FILE).is_file():
         vgg = cache / VGG_FILE
-    lin = resolve(lin_weights, LIN_FILE, LIN_OPTION) if lin_weights is not None else None
+    lin = given_file(lin_weights, LIN_FILE, LIN_OPTION) if lin_weights is not None else None
     if lin is None:
         lin = packaged_lin_weights()
     if lin is None and (cache / LIN_FILE).is_file():
         lin = cache / LIN_FILE
-    vgg = vgg or download(VGG_URL, VGG_FILE)
+    vgg = vgg or download(VGG_URL, VGG_FILE, hash_prefix=VGG_SHA256_PREFIX)
     lin = lin or download(LIN_URL, LIN_FILE)
     missing = []
     if vgg is None:

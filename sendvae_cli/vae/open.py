@@ -26,7 +26,7 @@ from sendvae_cli.errors import UserError, WeightsNotFound
 from sendvae_cli.weights import hf_hint, is_unreachable
 from sendvae_cli.vae.autoencoder import VAE_CONFIGS, VAEConfig, config_name
 from sendvae_cli.vae.export import is_exported, load_exported
-from sendvae_cli.vae.weights import (DIFFUSERS_WEIGHT_NAMES, WEIGHT_SUFFIXES, LoadedVAE, summarise_keys, build_model,
+from sendvae_cli.vae.formats import (DIFFUSERS_WEIGHT_NAMES, WEIGHT_SUFFIXES, LoadedVAE, summarise_keys, build_model,
                                      check_fits, config_from_diffusers, diffusers_to_ldm, find_vae_state,
                                      load_weights_file, read_tensor_file)
 
@@ -46,7 +46,7 @@ def _is_companion(path: Path) -> bool:
     return "latents-stats" in name or "latents_stats" in name or "discriminator" in name
 
 
-def find_weight_file(folder: Path, option: str) -> Path:
+def find_vae_file(folder: Path, option: str) -> Path:
     """The one VAE weights file in a folder such as REPA-E's `pretrained/vavae/`."""
     def candidates(paths):
         return sorted(p for p in paths if p.is_file() and p.suffix in WEIGHT_SUFFIXES and not _is_companion(p))
@@ -145,7 +145,7 @@ def open_path(path: Path, *, config: VAEConfig | None = None, what: str = "the V
             return load_diffusers_folder(path, config=config, what=what, option=option)
         if (path / "vae" / "config.json").is_file():  # a whole diffusers pipeline
             return load_diffusers_folder(path / "vae", config=config, what=what, option=option)
-        return load_weights_file(find_weight_file(path, option), config=config, what=what, option=option, stats=stats)
+        return load_weights_file(find_vae_file(path, option), config=config, what=what, option=option, stats=stats)
     if path.is_file():
         return load_weights_file(path, config=config, what=what, option=option, stats=stats)
     raise UserError(f"{option} {path}: no such file or folder")
@@ -211,4 +211,4 @@ def build_base(spec, *, weights: Path | None = None, random_weights: bool = Fals
     return loaded
 
 
-__all__ = ["open_vae", "open_path", "build_base", "load_diffusers_folder", "find_weight_file", "fetch_hub_folder"]
+__all__ = ["open_vae", "open_path", "build_base", "load_diffusers_folder", "find_vae_file", "fetch_hub_folder"]

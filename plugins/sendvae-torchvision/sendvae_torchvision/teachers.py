@@ -14,8 +14,6 @@ Weights, in this order:
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,7 +23,9 @@ from torch import nn
 
 from sendvae_cli.errors import UserError
 from sendvae_cli.teachers import Teacher
-from sendvae_cli.teachers.weights import load_checked, read_state_dict, strip_prefix, weights_not_found
+from sendvae_cli.teachers.weights import load_checked
+from sendvae_cli.weights import file_sha256, hub_checkpoints, read_state_dict, strip_prefix, weights_not_found
+from sendvae_cli.weights import packaged_file as packaged_weight_file
 
 # Keys of the ImageNet classifier, which a teacher does not use.
 HEAD_PREFIXES = {"mobilenet_v2": ("classifier.",), "resnet": ("fc.",)}
@@ -80,29 +80,9 @@ def backbone(spec, arch: Mapping[str, Any] | None = None) -> tuple[nn.Module, in
 
 
 # -- default weights lookup --------------------------------------------------------------------
-def hub_checkpoints_dir() -> Path:
-    """Where torchvision keeps downloaded weights (TORCH_HOME/hub/checkpoints)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def packaged_weight_file(package: str, relative_path: str) -> Path | None:
-    """A file inside an installed package, found without importing the package."""
-    try:
-        found = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if found is None:
-        return None
-    for folder in found.submodule_search_locations or []:
-        path = Path(folder) / relative_path
-        if path.is_file():
-            return path
-    return None
-
-
 def default_weight_file(spec) -> Path | None:
     name = spec.options["weights_file"]
-    path = hub_checkpoints_dir() / name
+    path = hub_checkpoints() / name
     if path.is_file():
         return path
     package = spec.options.get("package")
@@ -116,20 +96,17 @@ def check_hash(path: Path, name: str, teacher: str) -> None:
     match = HASH_IN_NAME.search(name)
     if match is None:
         return
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if not digest.hexdigest().startswith(match.group(1)):
+    digest = file_sha256(path)
+    if not digest.startswith(match.group(1)):
         raise UserError(
             f"teacher {teacher!r}: {path} is not torchvision's {name} (its SHA-256 starts "
-            f"{digest.hexdigest()[:8]}, not {match.group(1)}); delete it or pass --teacher-weights PATH"
+            f"{digest[:8]}, not {match.group(1)}); delete it or pass --teacher-weights PATH"
         )
 
 
 def not_found(spec) -> Exception:
     name = spec.options["weights_file"]
-    folder = hub_checkpoints_dir()
+    folder = hub_checkpoints()
     where = f"{name} is neither in the torch hub cache {folder}"
     package = spec.options.get("package")
     if package:
