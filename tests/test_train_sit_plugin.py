@@ -23,15 +23,17 @@ def latents(tmp_path_factory):
 def test_plugin_generator_trains_with_repa_and_samples(latents, tmp_path, name):
     from sendvae_cli.flow.samplers import ode_sample
     from sendvae_cli.generators.export import load_generator_export
-    from sendvae_cli.train.sit_trainer import PRESETS, train_sit
+    from sendvae_cli.train.sit_config import SiTTrainConfig
+    from sendvae_cli.train.sit_trainer import train_sit
 
     registry = Registry(load_outside=False)
     registry.register_plugin("my-generators", MyGenerators(), version="0.1")
     out = tmp_path / "run"
-    cfg = dict(PRESETS["tiny"], model=name, latents=str(latents), images="shapes", teacher_features=None,
-               random_weights=True, device="cpu", quiet=True, workers=0, batch_size=8, micro_batch=8, steps=6,
-               log_every=2, checkpoint_every=3, sample_every=3, preview_count=4, preview_steps=3, vae=None,
-               vae_weights=None, preset="tiny")
+    cfg = SiTTrainConfig.from_flags("tiny", {"model": name, "batch_size": 8, "steps": 6, "log_every": 2,
+                                             "checkpoint_every": 3, "sample_every": 3, "preview_count": 4,
+                                             "preview_steps": 3},
+                                    data=str(latents), images="shapes", random_weights=True, device="cpu",
+                                    quiet=True, workers=0)
     train_sit(cfg, registry, out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6] and all("repa" in r for r in rows)

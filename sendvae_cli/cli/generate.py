@@ -67,8 +67,7 @@ def train_sit(
     quiet: o.Quiet = False,
 ) -> None:
     """Train a SiT flow-matching transformer (with REPA) on a latent cache (docs/train-sit.md)."""
-    from sendvae_cli.train.run_config import resolve
-    from sendvae_cli.train.sit_trainer import PRESETS
+    from sendvae_cli.train.sit_config import PRESETS, SiTTrainConfig
 
     if preset not in PRESETS:
         raise UserError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
@@ -100,25 +99,14 @@ def train_sit(
         "checkpoint_every": checkpoint_every, "sample_every": sample_every, "preview_count": preview_count,
         "preview_steps": preview_steps, "preview_cfg": preview_cfg, "precision": precision,
     }
-    if steps is not None:
-        explicit["epochs"] = None
-    cfg = resolve(PRESETS[preset], explicit)
-    if steps is None and epochs is not None:
-        cfg["steps"] = None
-    if micro_batch is None and cfg["micro_batch"] > cfg["batch_size"]:
-        cfg["micro_batch"] = cfg["batch_size"]
-    cfg.update({
-        "latents": str(latents), "preset": preset, "random_weights": random_weights, "device": device,
-        "quiet": quiet, "compile": compile, "workers": o.workers_or_default(workers),
-        "images": images, "teacher_weights": str(teacher_weights) if teacher_weights else None,
-        "teacher_features": str(teacher_features) if teacher_features else None,
-        "latent_stats": str(latent_stats) if latent_stats else None,
-        "vae": vae, "vae_weights": str(vae_weights) if vae_weights else None,
-    })
+    cfg = SiTTrainConfig.from_flags(
+        preset, explicit, data=str(latents), random_weights=random_weights, device=device, quiet=quiet,
+        compile=compile, workers=o.workers_or_default(workers), images=images, teacher_weights=teacher_weights,
+        teacher_features=teacher_features, latent_stats=latent_stats, vae=vae, vae_weights=vae_weights)
     found = registry()
-    found.generator(cfg["model"])  # unknown names fail before anything heavy is imported
-    if cfg["proj_weight"] > 0:
-        found.teacher(cfg["teacher"])
+    found.generator(cfg.model)  # unknown names fail before anything heavy is imported
+    if cfg.proj_weight > 0 and not teacher_features:
+        found.teacher(cfg.teacher)
         if random_weights and is_main() and not quiet:
             from sendvae_cli.progress import warn
 

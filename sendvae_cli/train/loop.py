@@ -34,9 +34,12 @@ resume). It supplies:
                                 and build what uses the wrapped modules (a loss holding them)
     micro_step(batch, ctx)      forward + backward of one micro-batch; returns scalar loss terms
     optimizer_step(ctx)         clip and step the optimizers; returns more metrics (grad_norm, ...)
+    batch_sampler(...), collate optional: the micro-batch index lists (default StreamBatchSampler) and
+                                the DataLoader's collate_fn (a module-level function)
     describe(row)               optional: the progress line's text from a logged row
     sample(step, ctx)           optional: a preview on rank 0
     finished(step) / finish(step, ctx)  optional: is the output already there / write it (rank 0)
+    checkpointed(step, ctx)     optional: after each checkpoint (rank 0), e.g. refresh an export
 `StepContext` (ctx) gives the step, micro-batch index, accumulation, device, `autocast()` and
 `sync(module)` (no DDP all-reduce until the last micro-batch).
 """
@@ -197,9 +200,15 @@ class Trainer:
 
     name = "train"
     config: TrainConfig
+    collate = None  # the DataLoader's collate_fn; a module-level function, so that it travels to workers
 
     def rows(self) -> torch.utils.data.Dataset:
         raise NotImplementedError
+
+    def batch_sampler(self, num_rows: int, micro_batch: int, world: int, rank: int, accumulation: int, *,
+                      seed: int, start_step: int) -> torch.utils.data.Sampler:
+        """This rank's micro-batches of row indices, from optimizer step `start_step` on."""
+        return StreamBatchSampler(num_rows, micro_batch, world, rank, accumulation, seed=seed, start_step=start_step)
 
     def data_facts(self) -> dict[str, Any]:
         return {}
@@ -229,6 +238,9 @@ class Trainer:
 
     def finish(self, step: int, ctx: StepContext) -> None:
         """Write the run's output (rank 0, after the last checkpoint)."""
+
+    def checkpointed(self, step: int, ctx: StepContext) -> None:
+        """After each checkpoint is written (rank 0)."""
 
     def result(self, step: int) -> dict[str, Any]:
         return {"steps": step}
@@ -316,12 +328,13 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
 
     trainer.prepare(ctx)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=dist.is_main)
-    sampler = StreamBatchSampler(len(rows), cfg.micro_batch, dist.world, dist.rank, accumulation,
-                                 seed=cfg.seed, start_step=step)
+    sampler = trainer.batch_sampler(len(rows), cfg.micro_batch, dist.world, dist.rank, accumulation,
+                                    seed=cfg.seed, start_step=step)
     # The loader gets its own generator: creating its iterator must not draw from the global RNG,
     # whose state the checkpoint restores (else a resumed run would drift from an uninterrupted one).
     loader = torch.utils.data.DataLoader(rows, batch_sampler=sampler, num_workers=cfg.workers,
-                                         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
+                                         collate_fn=trainer.collate, pin_memory=device.type == "cuda",
+                                         worker_init_fn=ignore_stop_signals,
                                          generator=torch.Generator().manual_seed(cfg.seed))
     batches = iter(loader)
 
@@ -335,6 +348,7 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
 
                 sized.append(saved)
                 info(describe_checkpoint(saved, cfg.keep_checkpoints), show)
+            trainer.checkpointed(at_step, ctx)
         dist.barrier()
 
     tracker = open_trackers(cfg.tracker, out, record) if dist.is_main else Tracker()

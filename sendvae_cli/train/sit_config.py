@@ -1,0 +1,83 @@
+"""train-sit's configuration: the presets, the typed config, and the preset/flag merge.
+
+`paper` is the published recipe (SiT-XL/1, REPA on DINOv2-B at block 8, batch 256, 400k steps:
+80 epochs of ImageNet); `tiny` a CPU smoke scale. A flag the user gives wins over the preset;
+`from_flags` is the one place that merge happens. Every field is recorded in OUT/config.json
+(see `train/loop.py`), so a resume with other result-changing values is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from sendvae_cli.train.loop import TrainConfig
+from sendvae_cli.train.run_config import resolve
+
+COMMON = {
+    "seed": 0, "lr": 1e-4, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "grad_clip": 1.0,
+    "cfg_prob": 0.1, "time_schedule": "uniform", "proj_weight": 0.5, "precision": "auto", "keep_checkpoints": 2,
+    "flip": "auto", "num_classes": None, "preview_count": 16, "preview_steps": 50, "preview_cfg": 1.0,
+    "steps": None, "epochs": None, "attention": "auto", "qk_norm": False, "encoder_depth": None,
+    "projector_width": None,
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published recipe (REPA / REPA-E's train_ldm_only and the paper's SiT-XL/1 runs).
+    "paper": dict(COMMON, model="SiT-XL/1", teacher="dinov2-b", batch_size=256, micro_batch=64, steps=400_000,
+                  ema=0.9999, log_every=100, checkpoint_every=10_000, sample_every=10_000),
+    # CPU minutes: a 2-block SiT on a small cache; an EMA short enough to follow a few thousand steps.
+    "tiny": dict(COMMON, model="SiT-tiny/1", teacher="dinov2-s", batch_size=32, micro_batch=32, steps=300,
+                 ema=0.999, projector_width=256, log_every=10, checkpoint_every=100, sample_every=100,
+                 preview_steps=25),
+}
+
+
+@dataclass(kw_only=True)
+class SiTTrainConfig(TrainConfig):
+    """`data` is the latent cache (LATENTS)."""
+
+    model: str
+    teacher: str | None = None
+    random_weights: bool = False
+    # REPA and the model
+    proj_weight: float = 0.5
+    encoder_depth: int | None = None  # None: the model's own (8 for L/XL, 4 for S/B)
+    projector_width: int | None = None  # None: the model's own (2048)
+    cfg_prob: float = 0.1
+    qk_norm: bool = False
+    attention: str = "auto"
+    compile: bool = False
+    time_schedule: str = "uniform"
+    # data
+    num_classes: int | None = None
+    flip: str = "auto"
+    # sample grids
+    preview_count: int = 16
+    preview_steps: int = 50
+    preview_cfg: float = 1.0
+    # local files and sources (paths as strings, as config.json records them)
+    images: str | None = None
+    teacher_weights: str | None = None
+    teacher_features: str | None = None
+    latent_stats: str | None = None
+    vae: str | None = None
+    vae_weights: str | None = None
+
+    RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + (
+        "compile", "attention", "attention_backend", "vae", "vae_weights", "images", "teacher_features",
+        "preview_count", "preview_steps", "preview_cfg")
+
+    @classmethod
+    def from_flags(cls, preset: str, explicit: Mapping[str, Any], **run: Any) -> "SiTTrainConfig":
+        """The preset, overridden by each flag given (None = not given), plus run settings."""
+        merged = resolve(PRESETS[preset], explicit)
+        if explicit.get("steps") is None and explicit.get("epochs") is not None:
+            merged["steps"] = None  # --epochs replaces the preset's step count
+        if explicit.get("micro_batch") is None:
+            merged["micro_batch"] = min(merged["micro_batch"], merged["batch_size"])
+        paths = {k: (str(v) if v else None) for k, v in run.items() if k in PATH_FIELDS}
+        rest = {k: v for k, v in run.items() if k not in PATH_FIELDS}
+        return cls(**merged, **rest, **paths, preset=preset)
+
+
+PATH_FIELDS = ("teacher_weights", "teacher_features", "latent_stats", "vae_weights")
