@@ -64,6 +64,9 @@ def train_sit(
     workers: o.Workers = None,
     device: o.Device = "auto",
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast + TF32 on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    keep: o.Keep = None,
+    tracker: o.Trackers = None,
+    config: o.ConfigFile = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Train a SiT flow-matching transformer (with REPA) on a latent cache (docs/train-sit.md)."""
@@ -74,7 +77,10 @@ def train_sit(
     o.positive(("--steps", steps), ("--batch-size", batch_size), ("--micro-batch", micro_batch),
                ("--log-every", log_every), ("--checkpoint-every", checkpoint_every), ("--sample-every", sample_every),
                ("--lr", lr), ("--epochs", epochs), ("--encoder-depth", encoder_depth), ("--num-classes", num_classes),
-               ("--preview-count", preview_count), ("--preview-steps", preview_steps))
+               ("--preview-count", preview_count), ("--preview-steps", preview_steps), ("--keep", keep))
+    from sendvae_cli.train.trackers import check_names
+
+    trackers = check_names(tracker)
     for name, value in (("--proj-weight", proj_weight), ("--grad-clip", grad_clip)):
         if value is not None and value < 0:
             raise UserError(f"{name} {value}: expected 0 or more")
@@ -98,11 +104,13 @@ def train_sit(
         "lr": lr, "grad_clip": grad_clip, "ema": ema, "time_schedule": time_schedule, "log_every": log_every,
         "checkpoint_every": checkpoint_every, "sample_every": sample_every, "preview_count": preview_count,
         "preview_steps": preview_steps, "preview_cfg": preview_cfg, "precision": precision,
+        "keep_checkpoints": keep,
     }
     cfg = SiTTrainConfig.from_flags(
         preset, explicit, data=str(latents), random_weights=random_weights, device=device, quiet=quiet,
         compile=compile, workers=o.workers_or_default(workers), images=images, teacher_weights=teacher_weights,
-        teacher_features=teacher_features, latent_stats=latent_stats, vae=vae, vae_weights=vae_weights)
+        teacher_features=teacher_features, latent_stats=latent_stats, vae=vae, vae_weights=vae_weights,
+        tracker=trackers)
     found = registry()
     found.generator(cfg.model)  # unknown names fail before anything heavy is imported
     if cfg.proj_weight > 0 and not teacher_features:

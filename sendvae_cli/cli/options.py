@@ -91,7 +91,8 @@ Trackers = Annotated[Optional[list[str]], typer.Option("--tracker", help="Also l
 
 # ---- --config FILE ---------------------------------------------------------------------------
 # config.json fields recorded under another name than the flag that sets them: {command: {field: (param, convert)}}.
-CONFIG_ALIASES = {"train-vae": {"noise": ("no_noise", lambda on: not on), "keep_checkpoints": ("keep", int)}}
+CONFIG_ALIASES = {"train-vae": {"noise": ("no_noise", lambda on: not on), "keep_checkpoints": ("keep", int)},
+                  "train-sit": {"keep_checkpoints": ("keep", int)}}
 
 
 def _apply_config_file(ctx: typer.Context, param, value: Optional[Path]):

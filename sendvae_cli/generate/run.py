@@ -63,7 +63,10 @@ def run_sample(request: SampleRequest) -> Path:
                             compile=request.compile)
                 info(f"grid of {rows} x {columns} samples: {path}", show)
             return path
-        sample_to_folder(gen, settings, request.out, dist, batch_size=batch_size, compile=request.compile, show=show)
+        from sendvae_cli.locks import hold_output_lock
+
+        sample_to_folder(gen, settings, request.out, dist, batch_size=batch_size, compile=request.compile, show=show,
+                         guard=lambda out: hold_output_lock(out, enabled=dist.is_main))
         return request.out
     finally:
         distributed.shutdown()
