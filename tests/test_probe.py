@@ -62,15 +62,16 @@ def test_trained_and_untrained_tiny_vaes_differ_clearly_and_reproducibly(trained
     # Reproducible: fresh processes, fresh caches, the same figures to the last digit.
     assert [r["metrics"] for r in a["results"]] == [r["metrics"] for r in b["results"]]
     assert [r["history"] for r in a["results"]] == [r["history"] for r in b["results"]]
-    # Clear: after 120 steps from scratch the trained latent has learnt the background (the largest
-    # part of the reconstruction loss) almost perfectly, and lost the linear read-out of position,
+    # Clear: after 120 steps from scratch the trained latent has learnt most of the background (the
+    # largest part of the reconstruction loss), and lost the linear read-out of position,
     # size and colour that random convolutions keep; a gap in both F1 figures. (Measured on the
-    # development machine: macro-F1 0.256 vs 0.315, micro-F1 0.421 vs 0.514, background 0.99 vs 0.60.)
+    # development machine: macro-F1 0.256 vs 0.315, micro-F1 0.421 vs 0.514, background 0.99 vs 0.60 while the GAN-off
+    # step still ran the discriminator; 0.85 vs 0.60 background F1 since it skips it.)
     assert abs(trained["macro_f1"] - untrained["macro_f1"]) > 0.03, (trained["macro_f1"], untrained["macro_f1"])
     assert abs(trained["micro_f1"] - untrained["micro_f1"]) > 0.05, (trained["micro_f1"], untrained["micro_f1"])
     background = [np.mean([r["per_attribute_f1"][n] for n in ATTRIBUTE_NAMES if n.startswith("background=")])
                   for r in a["results"]]
-    assert background[0] > 0.9 and background[0] > background[1] + 0.2, background
+    assert background[0] > 0.8 and background[0] > background[1] + 0.2, background
     assert list(a["results"][0]["per_attribute_f1"]) == list(ATTRIBUTE_NAMES)
 
     # Shown in the table (both rows with their macro-F1) and the chart.

@@ -91,7 +91,7 @@ def test_folder_npz_manifest_and_balanced_labels(reference, models):
     assert len(s["model_sha256"]) == 64 and len(s["vae_sha256"]) == 64
     assert manifest["runs"][0]["seconds"] > 0
     text = (reference / "sample.json").read_text()
-    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True)
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
 
 
 def test_batch_size_does_not_change_the_samples(reference, models, tmp_path):

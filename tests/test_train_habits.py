@@ -82,5 +82,5 @@ def test_a_runs_config_json_reruns_it(whole, tmp_path):
     out = whole[0]
     proc = invoke("train-vae", "--config", out / "config.json", "--out", out)
     assert proc.returncode == 0 and "already complete" in proc.stderr  # the same configuration, exactly
-    proc = invoke("train-vae", "--config", out / "config.json", "--lr", "1e-3", "--out", out)
-    assert proc.returncode == 2 and "lr: 0.0003 there, 0.001 now" in proc.stderr  # the flag won
+    proc = invoke("train-vae", "--config", out / "config.json", "--lr", "2e-3", "--out", out)
+    assert proc.returncode == 2 and "lr: 0.001 there, 0.002 now" in proc.stderr  # the flag won
