@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -40,6 +38,7 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.io import atomic_file, save_safetensors
 from sendvae_cli.generators.sit import SiT
 from sendvae_cli.generators.sizes import sit_sizes
 from sendvae_cli.weights import file_sha256, key_mismatch
@@ -96,17 +95,6 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _write_atomically(folder: Path, name: str, write: Callable[[Path], None]) -> None:
-    tmp = folder / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / name)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _cpu_float_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: (v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.detach().cpu()).contiguous()
             for k, v in model.state_dict().items()}
@@ -126,8 +114,6 @@ def save_generator_export(folder: Path, model: nn.Module, *, generator: str, lat
     `latent_stats`: per-channel (mean, std), as a pair or {"mean", "std"}; None when unknown.
     `vae`: where the latents came from (sha256, source / path hint, resolution, downsample, ...).
     """
-    from safetensors.torch import save_file
-
     from sendvae_cli import __version__
 
     arch = getattr(model, "arch", None)
@@ -159,12 +145,11 @@ def save_generator_export(folder: Path, model: nn.Module, *, generator: str, lat
     folder = Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
 
-    def write_weights(path: Path) -> None:
-        save_file(state, str(path), metadata={"format": "pt"})
-        info["weights_sha256"] = file_sha256(path)
-
-    _write_atomically(folder, WEIGHTS_NAME, write_weights)
-    _write_atomically(folder, INFO_NAME, lambda path: path.write_text(_info_text(info)))
+    with atomic_file(folder / WEIGHTS_NAME) as tmp:
+        save_safetensors(state, tmp, metadata={"format": "pt"})
+        info["weights_sha256"] = file_sha256(tmp)
+    with atomic_file(folder / INFO_NAME) as tmp:
+        tmp.write_text(_info_text(info))
     return folder
 
 
@@ -463,7 +448,8 @@ def export_repa_checkpoint(model: SiT | LoadedGenerator, pt_path: Path, *, flavo
     pt_path = Path(pt_path).expanduser()
     pt_path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {"model": state, "ema": state, "opt": {}, "args": _jsonable(record), "steps": int(steps)}
-    _write_atomically(pt_path.parent, pt_path.name, lambda path: torch.save(checkpoint, path))
+    with atomic_file(pt_path) as tmp:
+        torch.save(checkpoint, tmp)
     return pt_path
 
 
