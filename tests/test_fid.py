@@ -27,6 +27,7 @@ from sendvae_cli.eval.frechet import Gaussian, Moments, frechet_distance, trace_
 from sendvae_cli.eval.inception import SPATIAL_DIM, WEIGHTS_FILE, InceptionFeatures, random_inception_weights
 from sendvae_cli.eval.inputs import open_images
 from sendvae_cli.eval.metrics import inception_score, precision_recall, split_bounds
+from metric_references import ref_precision_recall
 
 N = 16  # images per set: IS needs >= 10 (10 splits), P/R >= 4 (k = 3)
 
@@ -63,17 +64,6 @@ def ref_inception_score(logits: np.ndarray, splits: int = 10) -> float:
     return float(np.mean(scores))
 
 
-def ref_precision_recall(ref: np.ndarray, smp: np.ndarray, k: int = 3) -> tuple[float, float]:
-    ref, smp = np.asarray(ref, np.float64), np.asarray(smp, np.float64)
-
-    def d2(a, b):
-        return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
-
-    ref_radii = np.sort(d2(ref, ref), axis=1)[:, k]
-    smp_radii = np.sort(d2(smp, smp), axis=1)[:, k]
-    precision = np.mean((d2(smp, ref) <= ref_radii[None, :]).any(1))
-    recall = np.mean((d2(ref, smp) <= smp_radii[None, :]).any(1))
-    return float(precision), float(recall)
 
 
 def rel(a: float, b: float) -> float:

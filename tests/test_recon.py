@@ -21,17 +21,11 @@ from sendvae_cli.eval.extractors import TeacherFeatures
 from sendvae_cli.eval.image_quality import psnr, ssim, to_levels
 from sendvae_cli.eval.probe_features import parse_request
 from sendvae_cli.eval.recon import ReconOptions, Reconstructor, psnr_summary, render_table, run_recon
+from metric_references import ref_fd
 
 N = 12
 
 
-def ref_fd(x1: np.ndarray, x2: np.ndarray) -> float:
-    x1, x2 = np.asarray(x1, np.float64), np.asarray(x2, np.float64)
-    c1, c2 = x1 - x1.mean(0), x2 - x2.mean(0)
-    n1, n2 = len(x1), len(x2)
-    cross = np.linalg.svd(c1 @ c2.T, compute_uv=False).sum() / np.sqrt((n1 - 1) * (n2 - 1))
-    diff = x1.mean(0) - x2.mean(0)
-    return float(diff @ diff + np.sum(c1 * c1) / (n1 - 1) + np.sum(c2 * c2) / (n2 - 1) - 2 * cross)
 
 
 # --------------------------------------------------------------------------------------------
