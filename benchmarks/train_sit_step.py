@@ -42,16 +42,7 @@ from sendvae_cli.generators.sit import build_sit
 from sendvae_cli.train.ema import EMA
 from sendvae_cli.train.sit_data import LatentNormalizer, micro_batch_generator
 from sendvae_cli.train.sit_trainer import SiTObjective
-
-
-def cpu_peak_tflops() -> float:
-    mhz = 0.0
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("cpu MHz"):
-                mhz = float(line.split(":")[1])
-                break
-    return (os.cpu_count() or 1) * mhz * 1e6 * 32 / 1e12
+from cpu_peak import cpu_peak_tflops
 
 
 def timed_interleaved(fns: dict, repeats: int, sync) -> dict[str, dict[str, float]]:

@@ -33,16 +33,7 @@ from sendvae_cli.vae.discriminator import NLayerDiscriminator
 from sendvae_cli.vae.losses import VAELoss
 from sendvae_cli.vae.lpips import LPIPS
 from sendvae_cli.vae.mapper import Mapper, alignment_loss, mapper_patch_size
-
-
-def cpu_peak_tflops() -> float:
-    mhz = 0.0
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("cpu MHz"):
-                mhz = float(line.split(":")[1])
-                break
-    return (os.cpu_count() or 1) * mhz * 1e6 * 32 / 1e12
+from cpu_peak import cpu_peak_tflops
 
 
 def main() -> None:
