@@ -109,13 +109,10 @@ class Reconstructor:
 def open_reconstructor(request: FeatureRequest, registry, *, seed: int = 0, random_weights: bool = False) -> Reconstructor:
     from sendvae_cli.weights import weights_sha256
     from sendvae_cli.vae.autoencoder import config_name
-    from sendvae_cli.vae.open import looks_like_path, open_vae
+    from sendvae_cli.vae.open import open_frozen_vae
 
-    named = not looks_like_path(request.ref) and not Path(request.ref).exists()
-    with torch.random.fork_rng(devices=[]):  # random weights are seeded: a rerun finds its cache
-        torch.manual_seed(seed)
-        loaded = open_vae(request.ref, registry, random_weights=random_weights and named)
-    model = loaded.model.eval().requires_grad_(False)
+    loaded = open_frozen_vae(request.ref, registry, seed=seed, random_weights=random_weights)
+    model = loaded.model
     config = loaded.config
 
     def reconstruct(x: torch.Tensor) -> torch.Tensor:

@@ -207,6 +207,17 @@ def open_vae(ref: str | Path, registry: Any = None, *, weights: Path | None = No
     return spec.build(weights=weights, random_weights=random_weights)
 
 
+
+def open_frozen_vae(ref: str | Path, registry: Any = None, *, seed: int = 0, random_weights: bool = False) -> LoadedVAE:
+    """`open_vae` for evaluation: frozen, in eval mode; `random_weights` applies to base names only
+    and is seeded, so the same untrained VAE (and so its cached features) comes back on a rerun."""
+    named = not looks_like_path(str(ref)) and not Path(ref).exists()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loaded = open_vae(ref, registry, random_weights=random_weights and named)
+    loaded.model.eval().requires_grad_(False)
+    return loaded
+
 def _base_config(spec) -> VAEConfig:
     config = spec.options.get("config")
     if isinstance(config, str):
