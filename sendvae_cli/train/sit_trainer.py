@@ -193,7 +193,7 @@ class Preview:
         self.vae, self.normalizer, self.cfg, self.data = vae, normalizer, cfg, data
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, path: Path) -> None:
+    def __call__(self, model: nn.Module, path: Path, step: int):
         from sendvae_cli.flow.samplers import ode_sample
         from sendvae_cli.train.preview import save_grid
 
@@ -204,8 +204,17 @@ class Preview:
         images = self.vae.decode(self.normalizer.denormalize(z))
         images = images.sample if hasattr(images, "sample") else images
         half = (len(images) + 1) // 2
-        rows = [images[:half], images[half:]] if len(images) > 1 and len(images) % 2 == 0 else [images]
-        save_grid(rows, path)
+        two_rows = len(images) > 1 and len(images) % 2 == 0
+        rows = [images[:half], images[half:]] if two_rows else [images]
+        labels = self.labels.tolist()
+        if not self.data.conditional:
+            captions = []
+        elif two_rows:
+            captions = [f"{a}/{b}" for a, b in zip(labels[:half], labels[half:])]
+        else:
+            captions = [str(a) for a in labels]
+        title = f"step {step}: EMA samples" + (", class top/bottom" if two_rows and captions else "")
+        return save_grid(rows, path, title=title, captions=captions)
 
 
 def write_export(folder: Path, model: nn.Module, cfg, data, vae_ref, step: int) -> None:
@@ -351,10 +360,12 @@ class SiTTrainer(Trainer):
         return f"train-sit loss {row['loss']:.4f}" + (f" repa {row['repa']:.3f}" if "repa" in row else "")
 
     # -- outputs -----------------------------------------------------------------------------
-    def sample(self, step: int, ctx: StepContext) -> None:
-        if self.preview is not None:
-            self.preview(ctx.ema.shadow if ctx.ema is not None else self.model,
-                         self.out / "samples" / f"step-{step:06d}.png")
+    def sample(self, step: int, ctx: StepContext) -> dict:
+        if self.preview is None:
+            return {}
+        grid = self.preview(ctx.ema.shadow if ctx.ema is not None else self.model,
+                            self.out / "samples" / f"step-{step:06d}.png", step)
+        return {"samples": grid}  # the trackers log it
 
     def checkpointed(self, step: int, ctx: StepContext) -> None:
         if step < ctx.total_steps:  # the last one is exported by finish()
