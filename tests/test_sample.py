@@ -134,6 +134,26 @@ def test_kill_9_then_rerun_gives_the_same_files(reference, models, tmp_path):
     assert not list(out.rglob("*.tmp*"))
 
 
+def test_sigterm_stops_with_one_line_and_the_rerun_gives_the_same_files(reference, models, tmp_path):
+    out = tmp_path / "stopped"
+    shard = out / "images" / "000000"
+    proc = subprocess.Popen([sys.executable, "-m", "sendvae_cli", "sample", str(models["sit"]), "--out", str(out),
+                             "--batch-size", "1", *RUN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and \
+            len(list(shard.glob("*.png")) if shard.is_dir() else []) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped: --out" in stderr and "Rerun the same command to continue" in stderr
+    assert "Traceback" not in stderr and not (out / "samples.npz").exists()
+    run_cli("sample", models["sit"], "--out", out, "--batch-size", "16", *RUN)
+    assert (out / "samples.npz").read_bytes() == (reference / "samples.npz").read_bytes()
+
+
 def test_finished_output_is_not_redone(reference, models):
     before = {p: p.stat().st_mtime_ns for p in reference.rglob("*") if p.is_file()}
     proc = invoke("sample", models["sit"], "--out", reference, "--batch-size", "3", *RUN[:-1])

@@ -28,6 +28,7 @@ from sendvae_cli.generate.noise import SampleNoise
 from sendvae_cli.generate.npz import write_npz
 from sendvae_cli.generate.presets import PRECISIONS
 from sendvae_cli.progress import info, progress_bar
+from sendvae_cli.stopping import Interrupted, stop_on_signals
 
 
 @dataclass
@@ -185,9 +186,12 @@ def sample_to_folder(gen: SamplingModel, settings: SampleSettings, out: Path, di
         done = settings.count - len(folder.missing(range(settings.count))) if dist.is_main else 0
         drawer = Drawer(gen, settings, dist.device, compile=compile)
         pending: list[Future] = []
-        with ThreadPoolExecutor(max_workers=writers) as pool, \
+        drawn = 0
+        with stop_on_signals() as stop, ThreadPoolExecutor(max_workers=writers) as pool, \
                 progress_bar("sampling", settings.count, completed=done, show=show and dist.is_main) as bar:
             for start in range(0, len(todo), batch_size):
+                if stop.requested:  # the batch in hand was finished and is written below
+                    break
                 indices = todo[start:start + batch_size]
                 images = drawer(indices, None if labels is None else labels[indices])
                 pending += [pool.submit(folder.write_png, i, image) for i, image in zip(indices, images)]
@@ -196,10 +200,15 @@ def sample_to_folder(gen: SamplingModel, settings: SampleSettings, out: Path, di
                     pending.pop(0).result()
                 drawer.timing.write_wait_s += time.perf_counter() - waited
                 bar.advance(len(indices) * dist.world)
+                drawn += len(indices)
             waited = time.perf_counter()
             for future in pending:
                 future.result()
             drawer.timing.write_wait_s += time.perf_counter() - waited
+        if stop.requested and drawn < len(todo):
+            raise Interrupted(f"--out {out}: {stop.name} received; stopped after {drawn} of the {len(todo)} samples "
+                              f"this process had left, the images written are kept. Rerun the same command to "
+                              f"continue", stop.signum)
         dist.barrier()
 
         manifest = None
