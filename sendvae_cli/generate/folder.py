@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import write_json_atomic
+from sendvae_cli.io import write_errors, write_json_atomic
 
 FORMAT = "sendvae-samples"
 FORMAT_VERSION = 1
@@ -94,10 +94,11 @@ class SampleFolder:
     # ---- images ------------------------------------------------------------------------
     def write_png(self, index: int, image: np.ndarray) -> None:
         path = self.png(index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.png")
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with write_errors(path, kept="the samples already written are kept"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.stem + ".tmp.png")  # no fsync per image: a torn one is redrawn (tidy)
+            Image.fromarray(image).save(tmp, format="PNG")
+            os.replace(tmp, path)
 
     def read_png(self, index: int) -> np.ndarray:
         with Image.open(self.png(index)) as image:

@@ -27,6 +27,7 @@ from sendvae_cli.generate.labels import make_labels
 from sendvae_cli.generate.noise import SampleNoise
 from sendvae_cli.generate.npz import write_npz
 from sendvae_cli.generate.presets import PRECISIONS
+from sendvae_cli.io import write_errors
 from sendvae_cli.progress import info, progress_bar
 from sendvae_cli.stopping import Interrupted, stop_on_signals
 
@@ -220,7 +221,9 @@ def sample_to_folder(gen: SamplingModel, settings: SampleSettings, out: Path, di
             npz_start = time.perf_counter()
             with ThreadPoolExecutor(max_workers=writers) as pool:
                 first = folder.read_png(0)
-                write_npz(folder.npz, folder.read_all(pool), settings.count, first.shape[0], first.shape[1], labels)
+                with write_errors(folder.npz, kept=f"the {settings.count} PNGs are kept"):
+                    write_npz(folder.npz, folder.read_all(pool), settings.count, first.shape[0], first.shape[1],
+                              labels)
             drawer.timing.npz_s = time.perf_counter() - npz_start
             manifest = _manifest(described, settings, gen, folder.read_manifest(), status="complete",
                                  run=_run_record(drawer.timing, time.perf_counter() - began, dist, batch_size,
