@@ -7,18 +7,19 @@ Arms (same data, same steps, same SiT, same seeds; only the VAE's alignment diff
     unaligned   the same with --align-weight 0 (the mapper gets no weight in the loss)
     no-noise    aligned without noise injection (--no-noise; optional, --arms)
 
-For each arm and seed: train-vae -> cache-latents -> train-sit (REPA with the same teacher) ->
+The teacher's tokens of the training images are extracted once and read by every training. For
+each arm and seed, the README main job's settings: train-vae -> cache-latents -> train-sit (REPA with the same teacher) ->
 sample (class-balanced, CFG) -> fid (the teacher's feature space, against held-out shapes) ->
 probe (macro-F1 on shapes attributes) -> recon (PSNR). Every command is printed before it runs
 and shells out to `sendvae` (or `python -m sendvae_cli`), so any one can be rerun by hand; all of
 them resume, so rerunning this script continues where it stopped.
 
     python benchmarks/toy_claim.py --out runs/toy-claim                       # CPU scale
-    python benchmarks/toy_claim.py --out runs/toy-claim --seeds 0 1 2 --vae-steps 2000 \\
-        --sit-steps 4000 --num-samples 1000 --device cuda                     # GPU scale
+    python benchmarks/toy_claim.py --out runs/toy-claim --seeds 0 1 2 --vae-steps 4000 \\
+        --sit-steps 20000 --num-samples 1000 --device cuda                    # GPU scale
 
 It prints a table (mean and spread over seeds per arm) and writes OUT/toy_claim.json. Not part
-of CI: at the default scale it takes about an hour on 2 CPU cores.
+of CI: at the default scale (two arms, two seeds) it takes about 30 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def one_run(args, arm: str, seed: int, ref: Path) -> dict:
+def one_run(args, arm: str, seed: int, ref: Path, tokens: Path) -> dict:
     sendvae = shlex.split(args.sendvae)
     out = args.out / f"{arm}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,8 @@ def one_run(args, arm: str, seed: int, ref: Path) -> dict:
     common = ["--device", args.device, "--quiet"]
     seconds = {}
     seconds["train-vae"] = run(sendvae + [
-        "train-vae", "shapes", "--preset", "tiny", "--teacher", args.teacher, "--lpips-weight", "0",
+        "train-vae", "shapes", "--preset", "tiny", "--teacher", args.teacher, "--teacher-features", str(tokens),
+        "--lpips-weight", "0",
         "--num-images", str(args.num_images), "--steps", str(args.vae_steps), "--seed", str(seed),
         *ARMS[arm], *args.vae_args, *common, "--out", str(out / "vae")], log)
     seconds["cache-latents"] = run(sendvae + [
@@ -72,7 +74,7 @@ def one_run(args, arm: str, seed: int, ref: Path) -> dict:
         *common, "--out", str(out / "latents.h5")], log)
     seconds["train-sit"] = run(sendvae + [
         "train-sit", str(out / "latents.h5"), "--preset", "tiny", "--model", args.sit_model, "--teacher", args.teacher,
-        "--images", "shapes", "--steps", str(args.sit_steps), "--seed", str(seed), *args.sit_args, *common,
+        "--teacher-features", str(tokens), "--steps", str(args.sit_steps), "--seed", str(seed), *args.sit_args, *common,
         "--out", str(out / "sit")], log)
     seconds["sample"] = run(sendvae + [
         "sample", str(out / "sit"), "-n", str(args.num_samples), "--labels", "balanced", "--cfg", str(args.cfg),
@@ -111,15 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--teacher", default="tv-mobilenet-v2")
     p.add_argument("--num-images", type=int, default=2000, help="training rows of shapes")
-    p.add_argument("--vae-steps", type=int, default=300)
-    p.add_argument("--sit-steps", type=int, default=600)
-    p.add_argument("--sit-model", default="SiT-tiny/2")
+    p.add_argument("--vae-steps", type=int, default=400, help="as the tiny preset")
+    p.add_argument("--sit-steps", type=int, default=1200, help="as the tiny preset")
+    p.add_argument("--sit-model", default="SiT-mini/4", help="as the main job")
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--ref-images", type=int, default=1000)
     p.add_argument("--cfg", type=float, default=2.5)
     p.add_argument("--sample-steps", type=int, default=25)
     p.add_argument("--probe-images", type=int, default=2000)
-    p.add_argument("--recon-images", type=int, default=256)
+    p.add_argument("--recon-images", type=int, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--vae-arg", dest="vae_args", action="append", default=[], help="extra train-vae argument (repeat)")
     p.add_argument("--sit-arg", dest="sit_args", action="append", default=[], help="extra train-sit argument (repeat)")
@@ -129,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     ref = args.out / "shapes-ref.npz"
     write_reference(ref, args.ref_images, 64)
-    rows = [one_run(args, arm, seed, ref) for arm in args.arms for seed in args.seeds]
+    tokens = args.out / "teacher.h5"
+    run(shlex.split(args.sendvae) + ["extract", "shapes", "--teacher", args.teacher, "--resolution", "64",
+                                     "--num-images", str(args.num_images), "--device", args.device, "--quiet",
+                                     "--out", str(tokens)], args.out / "commands.log")
+    rows = [one_run(args, arm, seed, ref, tokens) for arm in args.arms for seed in args.seeds]
 
     fd_name = rows[0]["fd_name"]
     print(f"\n{'arm':<10} {fd_name + ' (lower is better)':<40} {'probe macro-F1':<40} PSNR (dB)")

@@ -2,7 +2,8 @@
 # The README's main job: the whole Send-VAE chain at toy scale, on the built-in `shapes` data,
 # with the real MobileNetV2 teacher of the sendvae-torchvision plugin, offline, on a CPU.
 #
-#   train-vae (aligned) -> cache-latents -> train-sit (REPA, same teacher) -> sample (balanced, CFG)
+#   extract (teacher tokens, once) -> train-vae (aligned) -> cache-latents -> train-sit (REPA, same
+#   teacher) -> sample (balanced, CFG)
 #   -> fid (MobileNetV2 space, against held-out shapes) -> probe -> recon -> summary
 #
 # Each step is one plain command, printed before it runs; copy any of them to rerun it alone.
@@ -16,12 +17,12 @@ OUT=${OUT:-runs/main}
 TEACHER=${TEACHER:-tv-mobilenet-v2}
 VAE_STEPS=${VAE_STEPS:-}          # empty: the tiny preset's
 SIT_STEPS=${SIT_STEPS:-}          # empty: the tiny preset's
-SIT_MODEL=${SIT_MODEL:-SiT-tiny/2}  # /2: the 8x8 latent of the tiny preset's VAE -> 4x4 tokens, the teacher's grid
+SIT_MODEL=${SIT_MODEL:-SiT-mini/4}  # /4: the 16x16 latent of the tiny preset's VAE -> 4x4 tokens, the teacher's grid
 NUM_IMAGES=${NUM_IMAGES:-2000}    # training rows (the first N of shapes)
 NUM_SAMPLES=${NUM_SAMPLES:-250}   # class-balanced samples for FD (50 per class)
 REF_IMAGES=${REF_IMAGES:-500}     # held-out shapes rows FD compares with
 PROBE_IMAGES=${PROBE_IMAGES:-2000}
-RECON_IMAGES=${RECON_IMAGES:-256}
+RECON_IMAGES=${RECON_IMAGES:-128}
 CFG=${CFG:-2.5}
 SAMPLE_STEPS=${SAMPLE_STEPS:-25}
 SENDVAE=${SENDVAE:-sendvae}       # e.g. "python -m sendvae_cli" in a checkout without the script
@@ -48,43 +49,48 @@ step() {
     echo "$*" > "$marker"
 }
 
-# 1. A Send-VAE: the VAE's latent aligned to MobileNetV2's feature map through the mapper, with
+# 1. The teacher's patch tokens of the training images, computed once: both trainings read them
+#    (the images are not augmented, so the tokens are what the teacher would give at every step).
+step extract "$OUT/teacher.h5" \
+    $SENDVAE extract shapes --teacher "$TEACHER" --resolution 64 --num-images "$NUM_IMAGES" --out "$OUT/teacher.h5"
+
+# 2. A Send-VAE: the VAE's latent aligned to MobileNetV2's feature map through the mapper, with
 #    noise injection (the tiny preset: 64 px; LPIPS off, its VGG16 weights would need a download).
 step train-vae "$OUT/vae/export" \
-    $SENDVAE train-vae shapes --preset tiny --teacher "$TEACHER" --lpips-weight 0 \
-    --num-images "$NUM_IMAGES" $(optional --steps "$VAE_STEPS") --out "$OUT/vae"
+    $SENDVAE train-vae shapes --preset tiny --teacher "$TEACHER" --teacher-features "$OUT/teacher.h5" \
+    --lpips-weight 0 --num-images "$NUM_IMAGES" $(optional --steps "$VAE_STEPS") --out "$OUT/vae"
 
-# 2. Its latents (posterior mean and std) of the training images, with whole-set statistics.
+# 3. Its latents (posterior mean and std) of the training images, with whole-set statistics.
 step cache-latents "$OUT/latents.h5" \
     $SENDVAE cache-latents shapes --vae "$OUT/vae/export" --resolution 64 --num-images "$NUM_IMAGES" --out "$OUT/latents.h5"
 
-# 3. A class-conditional SiT on those latents, REPA-aligned to the same teacher (run on the images).
+# 4. A class-conditional SiT on those latents, REPA-aligned to the same teacher's tokens.
 step train-sit "$OUT/sit/export" \
     $SENDVAE train-sit "$OUT/latents.h5" --preset tiny --model "$SIT_MODEL" --teacher "$TEACHER" \
-    --images shapes $(optional --steps "$SIT_STEPS") --out "$OUT/sit"
+    --teacher-features "$OUT/teacher.h5" $(optional --steps "$SIT_STEPS") --out "$OUT/sit"
 
-# 4. Class-balanced samples with classifier-free guidance, and a grid with one row per class.
+# 5. Class-balanced samples with classifier-free guidance, and a grid with one row per class.
 step sample "$OUT/samples/samples.npz" \
     $SENDVAE sample "$OUT/sit" -n "$NUM_SAMPLES" --labels balanced --cfg "$CFG" --steps "$SAMPLE_STEPS" --out "$OUT/samples"
 step grid "$OUT/grid/grid.png" \
     $SENDVAE sample "$OUT/sit" --grid 5x8 --cfg "$CFG" --steps "$SAMPLE_STEPS" --out "$OUT/grid"
 
-# 5. Frechet distance in MobileNetV2's feature space (Inception weights are not available
+# 6. Frechet distance in MobileNetV2's feature space (Inception weights are not available
 #    offline) between the samples and held-out shapes images.
 step reference "$OUT/shapes-ref.npz" \
     python scripts/main_job_report.py reference --out "$OUT/shapes-ref.npz" --num-images "$REF_IMAGES"
 step fid "$OUT/fid.json" \
     $SENDVAE fid "$OUT/samples/samples.npz" --ref "$OUT/shapes-ref.npz" --extractor "$TEACHER" --json "$OUT/fid.json"
 
-# 6. Attribute linear probes (shape, colour, size, position, background, texture) on the latent.
+# 7. Attribute linear probes (shape, colour, size, position, background, texture) on the latent.
 step probe "$OUT/probe/probe.json" \
     $SENDVAE probe shapes --vae send-vae="$OUT/vae/export" --num-images "$PROBE_IMAGES" --out "$OUT/probe"
 
-# 7. Reconstruction quality on held-out images (PSNR, SSIM, rFD in MobileNetV2 space).
+# 8. Reconstruction quality on held-out images (PSNR, SSIM, rFD in MobileNetV2 space).
 step recon "$OUT/recon/recon.json" \
     $SENDVAE recon shapes --vae send-vae="$OUT/vae/export" --num-images "$RECON_IMAGES" --extractor "$TEACHER" --no-lpips --out "$OUT/recon"
 
-# 8. The summary: each step's output and time, FD, probe F1, PSNR; and one picture.
+# 9. The summary: each step's output and time, FD, probe F1, PSNR; and one picture.
 echo
 echo "\$ python scripts/main_job_report.py summary --out $OUT"
 python scripts/main_job_report.py summary --out "$OUT"

@@ -41,6 +41,8 @@ def train_vae(
     align_weight: Annotated[Optional[float], typer.Option(help="Weight of the alignment loss (paper: 1.0).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
     mapper_depth: Annotated[Optional[int], typer.Option(help="ViT blocks in the mapper; 0 = patch embedding + projector (paper: 1).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
     mapper_patch: Annotated[Optional[int], typer.Option(help="Mapper patch size (default: 16 / VAE downsampling).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
+    mapper_width: Annotated[Optional[int], typer.Option(help="Width of the mapper's ViT blocks (default: the teacher's width, as in the paper).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
+    mapper_hidden: Annotated[Optional[int], typer.Option(help="Hidden width of the mapper's projector MLP (paper: 2048).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
     no_noise: Annotated[bool, typer.Option("--no-noise", help="Turn off noise injection before the mapper.", rich_help_panel=MAPPER_PANEL)] = False,
     recon: Annotated[Optional[str], typer.Option(help="Reconstruction loss: l1 or mse (paper: l1).", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
     lpips_weight: Annotated[Optional[float], typer.Option(help="LPIPS weight (paper: 1.0).", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
@@ -70,7 +72,10 @@ def train_vae(
     o.positive(("--steps", steps), ("--batch-size", batch_size), ("--micro-batch", micro_batch),
                ("--resolution", resolution), ("--log-every", log_every), ("--num-images", num_images),
                ("--checkpoint-every", checkpoint_every), ("--sample-every", sample_every),
-               ("--stats-images", stats_images), ("--lr", lr), ("--epochs", epochs), ("--keep", keep))
+               ("--stats-images", stats_images), ("--lr", lr), ("--epochs", epochs), ("--keep", keep),
+               ("--mapper-width", mapper_width), ("--mapper-hidden", mapper_hidden))
+    if mapper_width is not None and mapper_width % 64:
+        raise UserError(f"--mapper-width {mapper_width}: expected a multiple of 64 (one attention head per 64)")
     from sendvae_cli.train.trackers import check_names
 
     trackers = check_names(tracker)
@@ -86,7 +91,8 @@ def train_vae(
         "teacher": teacher, "vae": vae, "resolution": resolution, "num_images": num_images, "seed": seed,
         "steps": steps, "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch, "lr": lr,
         "grad_clip": grad_clip, "ema": ema, "align_weight": align_weight, "mapper_depth": mapper_depth,
-        "mapper_patch": mapper_patch, "noise": False if no_noise else None, "recon": recon,
+        "mapper_patch": mapper_patch, "mapper_width": mapper_width, "mapper_hidden": mapper_hidden,
+        "noise": False if no_noise else None, "recon": recon,
         "lpips_weight": lpips_weight, "kl_weight": kl_weight, "gan_weight": gan_weight, "disc_start": disc_start,
         "log_every": log_every, "checkpoint_every": checkpoint_every, "sample_every": sample_every,
         "precision": precision, "stats_images": stats_images, "keep_checkpoints": keep,

@@ -18,13 +18,15 @@ class SiTSize(NamedTuple):
 
 # (depth, width, heads) from SiT/DiT; mlp ratio 4 for all. Encoder depths are REPA's published
 # choices: block 8 for L and XL, block 4 for B. REPA publishes none for S; S shares B's depth of
-# 12 blocks, so it gets B's 4. The tiny sizes exist for tests and CPU smoke runs only.
+# 12 blocks, so it gets B's 4. `tiny` exists for tests and smoke runs; `mini` is the CPU main
+# job's generator (a few thousand steps in minutes on 2 cores).
 SIT_SIZES: dict[str, SiTSize] = {
     "S": SiTSize(12, 384, 6, 4),
     "B": SiTSize(12, 768, 12, 4),
     "L": SiTSize(24, 1024, 16, 8),
     "XL": SiTSize(28, 1152, 16, 8),
     "tiny": SiTSize(2, 64, 2, 1),
+    "mini": SiTSize(4, 128, 4, 2),
 }
 PATCH_SIZES = (1, 2, 4)
 PROJECTOR_WIDTH = 2048  # hidden width of REPA's 3-layer projector MLP

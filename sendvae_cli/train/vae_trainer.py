@@ -115,7 +115,7 @@ class VAETrainer(loop.Trainer):
         if (latent_grid[0] // patch, latent_grid[1] // patch) != tuple(teacher_grid) or latent_grid[0] % patch:
             raise UserError(describe_grid_mismatch(latent_grid, patch, tuple(teacher_grid), vae.downsample))
         mapper = Mapper(vae.latent_channels, teacher_width, patch_size=patch, depth=cfg.mapper_depth,
-                        noise=cfg.noise).to(device)
+                        width=cfg.mapper_width, projector_dim=cfg.mapper_hidden, noise=cfg.noise).to(device)
         self.vae, self.model = vae, SendVAE(vae, mapper)
         self.lpips = None
         if cfg.lpips_weight > 0:

@@ -76,11 +76,11 @@ VAE_BASES = [
     _scratch("tiny-f16d8", name="tiny",
              description="tiny f16d8 (ch 16, 5 levels), random init: tests and CPU smoke runs only"),
     _scratch("tiny-f8d8", name="tiny-f8",
-             description="tiny f8d8 (ch 16, 4 levels), random init: the CPU main job's VAE at 64 px"),
+             description="tiny f8d8 (ch 16, 4 levels), random init: an 8x8 latent at 64 px, CPU runs"),
     _scratch("small-f8d8", name="small-f8",
              description="small f8d8 (ch 32, 4 levels), random init: CPU experiments at 64 px"),
     _scratch("tiny-f4d4", name="tiny-f4",
-             description="tiny f4d4 (ch 16, 3 levels), random init: a 16x16 latent at 64 px, CPU runs"),
+             description="tiny f4d4 (ch 8-64, 3 levels), random init: the CPU main job's VAE (16x16 at 64 px)"),
 ]
 
 
