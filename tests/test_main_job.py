@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["train-vae", "cache-latents", "train-sit", "sample", "grid", "reference", "fid", "probe", "recon"]
+STEPS = ["extract", "train-vae", "cache-latents", "train-sit", "sample", "grid", "reference", "fid", "probe", "recon"]
 
 
 def run_job(out: Path) -> subprocess.CompletedProcess:
@@ -35,7 +35,7 @@ def test_the_chain_runs_end_to_end_and_a_rerun_does_nothing(tmp_path):
     first = run_job(out)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     # Every command is printed before it runs.
-    for command in ("train-vae", "cache-latents", "train-sit", "sample", "fid", "probe", "recon"):
+    for command in ("extract", "train-vae", "cache-latents", "train-sit", "sample", "fid", "probe", "recon"):
         assert f"-m sendvae_cli {command} " in first.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert [s["step"] for s in summary["steps"]] == STEPS

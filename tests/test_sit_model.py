@@ -87,6 +87,9 @@ def test_size_table_and_parameter_counts():
     assert {"SiT-S/1", "SiT-B/2", "SiT-L/4", "SiT-XL/1", "SiT-tiny/1"} <= set(SIT_MODELS)
     model = build_sit("sit-tiny/2", input_size=4, in_channels=8, num_classes=3, projector_dims=[12])
     assert (model.arch["depth"], model.arch["width"], model.arch["heads"], model.patch_size) == (2, 64, 2, 2)
+    mini = build_sit("SiT-mini/4", input_size=16, in_channels=4, num_classes=5, projector_dims=[12])
+    assert (mini.arch["depth"], mini.arch["width"], mini.arch["heads"], mini.patch_size) == (4, 128, 4, 4)
+    assert mini.arch["encoder_depth"] == 2 and mini.pos_embed.shape[-2] == 16  # the main job's 4x4 tokens
     with pytest.raises(KeyError, match="unknown SiT"):
         build_sit("SiT-XXL/1", input_size=4, in_channels=4)
     # SiT-B/2 on SD-VAE latents (32 x 32 x 4) without projectors: DiT-B/2's published 130M.

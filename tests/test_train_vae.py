@@ -208,3 +208,20 @@ def test_torchrun_two_processes_train_like_one_with_accumulation(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
     assert any(not torch.equal(a[k], load_file(str(single / "checkpoints" / "step-000003" / "weights.safetensors"))["vae." + k])
                for k in a) is False  # the export is the final VAE
+
+
+def test_mapper_width_flags_shape_the_mapper_and_bad_widths_are_one_line(tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "narrow"
+    run_cli("train-vae", *TINY, "--steps", "1", "--checkpoint-every", "1", "--mapper-width", "128",
+            "--mapper-hidden", "96", "--out", out)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["mapper_width"], config["mapper_hidden"]) == (128, 96)
+    with safe_open(str(out / "checkpoints" / "step-000001" / "weights.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if "mapper." in k}
+    assert [s for k, s in shapes.items() if k.endswith("patch_embed.weight")][0][0] == 128
+    assert [s for k, s in shapes.items() if k.endswith("projector.0.weight")][0] == (96, 128)
+    proc = run_cli("train-vae", *TINY, "--mapper-width", "100", "--out", tmp_path / "bad", check=False)
+    assert proc.returncode == 2 and "--mapper-width 100: expected a multiple of 64" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()

@@ -181,3 +181,17 @@ def test_spec_modules_do_not_import_torch():
     code = ("import sys, sendvae_cli.vae, sendvae_cli.vae.builtin; from sendvae_cli.registry import Registry; "
             "Registry(load_outside=False); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_norm_groups_zero_builds_a_vae_without_normalisation():
+    config = VAE_CONFIGS["tiny-f4d4"]
+    assert config.norm_groups == 0 and "no norm groups" in config.describe()
+    model = AutoencoderKL(config)
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    assert not any("norm" in k for k in model.state_dict())
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    recon, posterior = model(x, sample=False)
+    assert recon.shape == x.shape and posterior.mean.shape == (2, 4, 16, 16)
+    assert config_name(VAEConfig.from_dict(config.to_dict())) == "tiny-f4d4"
+    with pytest.raises(ValueError):
+        VAEConfig(ch=8, ch_mult=(1, 2), norm_groups=-1)

@@ -343,3 +343,13 @@ def test_building_from_a_state_dict_copies_and_exports_feed_bases(tmp_path, regi
     with pytest.raises(UserError) as error:
         open_vae("sd-vae", registry, weights=tmp_path / "exp")
     assert "does not fit VAE base 'sd-vae'" in one_line(error)
+
+
+def test_a_vae_without_normalisation_has_no_diffusers_form(tmp_path):
+    from sendvae_cli.vae.autoencoder import AutoencoderKL
+    from sendvae_cli.vae.export import export_diffusers
+
+    with pytest.raises(UserError) as error:
+        export_diffusers(AutoencoderKL("tiny-f4d4"), tmp_path / "diffusers")
+    assert "cannot export to diffusers" in one_line(error) and "no normalisation" in one_line(error)
+    assert not (tmp_path / "diffusers").exists()

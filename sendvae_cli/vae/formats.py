@@ -359,6 +359,8 @@ def diffusers_config(config: VAEConfig, latent_mean=None, latent_std=None) -> di
     """
     if config.z_channels != config.embed_dim or not config.double_z:
         raise ValueError("diffusers AutoencoderKL needs z_channels == embed_dim and double_z")
+    if config.norm_groups == 0:
+        raise ValueError("diffusers AutoencoderKL always has GroupNorm; this VAE has no normalisation")
     try:
         import diffusers
 
