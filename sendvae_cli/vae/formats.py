@@ -167,11 +167,34 @@ def find_vae_state(raw: Any, path: Path, option: str):
 #                         diffusers <-> LDM key conversion                      #
 #################################################################################
 
-_RESNET_D2L = {"conv_shortcut": "nin_shortcut"}
-_ATTN_D2L = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out",
-             # diffusers < 0.14 attention names
-             "query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}
-_ATTN_L2D = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+# One table for both directions: (LDM module path, diffusers module path, leaf renames LDM ->
+# diffusers). {s} is encoder or decoder, {j} an index. {i} is a level counted from full
+# resolution; diffusers counts decoder blocks from the low-resolution end ({r} = levels - 1 - i).
+# The mid block's resnets are 1-based in LDM ({m}) and 0-based in diffusers ({m0}). Keys no row
+# matches (conv_in, conv_out, quant_conv, post_quant_conv) keep their names.
+_RESNET = {"nin_shortcut": "conv_shortcut"}
+_ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+_ATTN_LEGACY = {"query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}  # diffusers < 0.14, read only
+_KEY_TABLE = (
+    ("{s}.norm_out", "{s}.conv_norm_out", {}),
+    ("{s}.mid.block_{m}", "{s}.mid_block.resnets.{m0}", _RESNET),
+    ("{s}.mid.attn_1", "{s}.mid_block.attentions.0", _ATTN),
+    ("encoder.down.{i}.block.{j}", "encoder.down_blocks.{i}.resnets.{j}", _RESNET),
+    ("encoder.down.{i}.attn.{j}", "encoder.down_blocks.{i}.attentions.{j}", _ATTN),
+    ("encoder.down.{i}.downsample", "encoder.down_blocks.{i}.downsamplers.0", {}),
+    ("decoder.up.{i}.block.{j}", "decoder.up_blocks.{r}.resnets.{j}", _RESNET),
+    ("decoder.up.{i}.attn.{j}", "decoder.up_blocks.{r}.attentions.{j}", _ATTN),
+    ("decoder.up.{i}.upsample", "decoder.up_blocks.{r}.upsamplers.0", {}),
+)
+_FIELD = {"s": "encoder|decoder", "i": r"\d+", "r": r"\d+", "j": r"\d+", "m": r"\d+", "m0": r"\d+"}
+
+
+def _compile(template: str) -> re.Pattern:
+    body = re.sub(r"\\\{(\w+)\\\}", lambda m: f"(?P<{m[1]}>{_FIELD[m[1]]})", re.escape(template))
+    return re.compile(body + r"\.(?P<rest>.+)")
+
+
+_COMPILED = [(_compile(ldm), _compile(diffusers), ldm, diffusers, leaves) for ldm, diffusers, leaves in _KEY_TABLE]
 
 
 def _rename_leaf(rest: str, table: Mapping[str, str]) -> str:
@@ -181,50 +204,27 @@ def _rename_leaf(rest: str, table: Mapping[str, str]) -> str:
     return rest
 
 
-def _diffusers_key_to_ldm(key: str, levels: int) -> str:
-    m = re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(.+)", key)
-    if m:
-        return f"{m[1]}.norm_out.{m[2]}"
-    m = re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key)
-    if m:
-        return f"{m[1]}.mid.block_{int(m[2]) + 1}.{_rename_leaf(m[3], _RESNET_D2L)}"
-    m = re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)", key)
-    if m:
-        return f"{m[1]}.mid.attn_1.{_rename_leaf(m[2], _ATTN_D2L)}"
-    m = re.fullmatch(r"(encoder\.down|decoder\.up)_blocks\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)", key)
-    if m:
-        where, block, kind, j, rest = m[1], int(m[2]), m[3], m[4], m[5]
-        level = block if where == "encoder.down" else levels - 1 - block  # diffusers orders decoder blocks low-res first
-        if kind == "resnets":
-            return f"{where}.{level}.block.{j}.{_rename_leaf(rest, _RESNET_D2L)}"
-        if kind == "attentions":
-            return f"{where}.{level}.attn.{j}.{_rename_leaf(rest, _ATTN_D2L)}"
-        return f"{where}.{level}.{'downsample' if kind == 'downsamplers' else 'upsample'}.{rest}"
-    return key  # conv_in, conv_out, quant_conv, post_quant_conv keep their names
-
-
-def _ldm_key_to_diffusers(key: str, levels: int) -> str:
-    m = re.fullmatch(r"(encoder|decoder)\.norm_out\.(.+)", key)
-    if m:
-        return f"{m[1]}.conv_norm_out.{m[2]}"
-    m = re.fullmatch(r"(encoder|decoder)\.mid\.block_(\d)\.(.+)", key)
-    if m:
-        return f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}.{_rename_leaf(m[3], {'nin_shortcut': 'conv_shortcut'})}"
-    m = re.fullmatch(r"(encoder|decoder)\.mid\.attn_1\.(.+)", key)
-    if m:
-        return f"{m[1]}.mid_block.attentions.0.{_rename_leaf(m[2], _ATTN_L2D)}"
-    m = re.fullmatch(r"(encoder\.down|decoder\.up)\.(\d+)\.(block|attn)\.(\d+)\.(.+)", key)
-    if m:
-        where, level, kind, j, rest = m[1], int(m[2]), m[3], m[4], m[5]
-        block = level if where == "encoder.down" else levels - 1 - level
-        if kind == "block":
-            return f"{where}_blocks.{block}.resnets.{j}.{_rename_leaf(rest, {'nin_shortcut': 'conv_shortcut'})}"
-        return f"{where}_blocks.{block}.attentions.{j}.{_rename_leaf(rest, _ATTN_L2D)}"
-    m = re.fullmatch(r"(encoder\.down|decoder\.up)\.(\d+)\.(downsample|upsample)\.(.+)", key)
-    if m:
-        where, level = m[1], int(m[2])
-        block = level if where == "encoder.down" else levels - 1 - level
-        return f"{where}_blocks.{block}.{m[3]}rs.0.{m[4]}"
+def _convert_key(key: str, levels: int, *, to_diffusers: bool) -> str:
+    for ldm_re, diffusers_re, ldm, diffusers, leaves in _COMPILED:
+        match = (ldm_re if to_diffusers else diffusers_re).fullmatch(key)
+        if not match:
+            continue
+        fields = match.groupdict()
+        rest = fields.pop("rest")
+        if "i" in fields:
+            fields["r"] = str(levels - 1 - int(fields["i"]))
+        elif "r" in fields:
+            fields["i"] = str(levels - 1 - int(fields["r"]))
+        if "m" in fields:
+            fields["m0"] = str(int(fields["m"]) - 1)
+        elif "m0" in fields:
+            fields["m"] = str(int(fields["m0"]) + 1)
+        if to_diffusers:
+            return f"{diffusers.format(**fields)}.{_rename_leaf(rest, leaves)}"
+        back = {new: old for old, new in leaves.items()}
+        if leaves is _ATTN:
+            back.update(_ATTN_LEGACY)
+        return f"{ldm.format(**fields)}.{_rename_leaf(rest, back)}"
     return key
 
 
@@ -237,7 +237,7 @@ def diffusers_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     levels = 1 + max((int(m[1]) for k in state if (m := re.match(r"encoder\.down_blocks\.(\d+)\.", k))), default=-1)
     out = {}
     for key, value in state.items():
-        new = _diffusers_key_to_ldm(key, levels)
+        new = _convert_key(key, levels, to_diffusers=False)
         if _is_attn_projection(new) and value.ndim == 2:
             value = value[:, :, None, None]
         out[new] = value
@@ -250,7 +250,7 @@ def ldm_to_diffusers(state: Mapping[str, torch.Tensor], levels: int) -> dict[str
     for key, value in state.items():
         if _is_attn_projection(key) and value.ndim == 4:
             value = value[:, :, 0, 0]
-        out[_ldm_key_to_diffusers(key, levels)] = value.contiguous()
+        out[_convert_key(key, levels, to_diffusers=True)] = value.contiguous()
     return out
 
 
