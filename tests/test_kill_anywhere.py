@@ -7,9 +7,10 @@ reference's writing time (from that first write to its last output), so the kill
 computing, the merge, a rename, a checkpoint or the export as chance has it; then reruns it to
 the end and compares every output file with the reference.
 
-A new command that writes resumable outputs (train-sit, sample, ...) joins by adding a row to
-COMMANDS: its arguments, its --out name, the files whose bytes must match, and the file whose
-appearance means it has begun writing.
+A new command that writes resumable outputs joins by adding a row to `commands`: its arguments,
+its --out name, the files whose bytes must match, and the file whose appearance means it has
+begun writing. train-sit reads a latent cache and sample a SiT run, both made once beforehand.
+`SENDVAE_KILL_COMMANDS=train-sit,sample` runs only those rows.
 """
 
 import os
@@ -40,22 +41,47 @@ TRAIN = ("train-vae", "shapes", "--teacher", "dinov2-s", "--random-weights", "--
          "--resolution", "32", "--num-images", "32", "--batch-size", "4", "--steps", "6", "--checkpoint-every", "2",
          "--sample-every", "3", "--log-every", "1", "--workers", "0", "--quiet")
 
-COMMANDS = {
-    "extract": Command(
-        ("extract", "shapes", "--teacher", "dinov2-s", "--random-weights", "--num-images", "48", "--resolution", "64",
-         "--batch-size", "4", "--block-rows", "16", "--workers", "0", "--quiet"),
-        "f.h5", ("f.h5", "f.h5.json"), "f.h5.parts/manifest.json"),
-    "cache-latents": Command(
-        ("cache-latents", "shapes", "--vae", "tiny", "--num-images", "600", "--resolution", "32", "--flip",
-         "--batch-size", "25", "--block-rows", "200", "--workers", "0", "--quiet"),
-        "z.h5", ("z.h5", "z.h5.json"), "z.h5.parts/manifest.json"),
-    "train-vae": Command(
-        TRAIN, "run",
-        ("run/export/vae.safetensors", "run/export/vae.json", "run/checkpoints/step-000006/weights.safetensors"),
-        "run/config.json"),
-    # "train-sit": Command((...), "sit", ("sit/export/sit.safetensors", "sit/export/sit.json"), "sit/config.json"),
-    # "sample": Command((...), "samples", ("samples/samples.npz", "samples/manifest.json"), "samples/manifest.json"),
-}
+
+def commands(inputs: Path) -> dict[str, Command]:
+    return {
+        "extract": Command(
+            ("extract", "shapes", "--teacher", "dinov2-s", "--random-weights", "--num-images", "48", "--resolution",
+             "64", "--batch-size", "4", "--block-rows", "16", "--workers", "0", "--quiet"),
+            "f.h5", ("f.h5", "f.h5.json"), "f.h5.parts/manifest.json"),
+        "cache-latents": Command(
+            ("cache-latents", "shapes", "--vae", "tiny", "--num-images", "600", "--resolution", "32", "--flip",
+             "--batch-size", "25", "--block-rows", "200", "--workers", "0", "--quiet"),
+            "z.h5", ("z.h5", "z.h5.json"), "z.h5.parts/manifest.json"),
+        "train-vae": Command(
+            TRAIN, "run",
+            ("run/export/vae.safetensors", "run/export/vae.json", "run/checkpoints/step-000006/weights.safetensors"),
+            "run/config.json"),
+        "train-sit": Command(
+            ("train-sit", str(inputs / "z.h5"), *SIT), "sit",
+            ("sit/export/sit.safetensors", "sit/export/sit.json", "sit/checkpoints/step-000006/weights.safetensors"),
+            "sit/config.json"),
+        "sample": Command(
+            ("sample", str(inputs / "sit"), "-n", "120", "--batch-size", "2", "--steps", "4", "--cfg", "2.0",
+             "--precision", "fp64", "--quiet"),
+            "samples", ("samples/samples.npz", "samples/sample.json", "samples/images/000000/000119.png"),
+            "samples/sample.json"),
+    }
+
+
+SIT = ("--images", "shapes", "--teacher", "dinov2-s", "--random-weights", "--preset", "tiny", "--batch-size", "8",
+       "--steps", "6", "--checkpoint-every", "2", "--sample-every", "3", "--log-every", "1", "--workers", "0",
+       "--preview-count", "4", "--preview-steps", "4", "--quiet")
+
+
+def make_inputs(folder: Path) -> Path:
+    """The latent cache train-sit reads and the SiT run sample reads."""
+    folder.mkdir()
+    run_cli("cache-latents", "shapes", "--vae", "tiny", "--num-images", "64", "--resolution", "32", "--workers", "0",
+            "--quiet", "--out", folder / "z.h5")
+    run_cli("train-sit", folder / "z.h5", *SIT, "--out", folder / "sit")
+    return folder
+
+
 TRIALS_PER_COMMAND = 6
 
 
@@ -78,6 +104,8 @@ def stage(folder: Path, command: Command) -> str:
         return "checkpoint"
     if any(n.endswith(".parts") for n in names):
         return "rows"
+    if any("/images/" in n and n.endswith(".png") for n in names):
+        return "samples"
     if any(n.endswith("checkpoints/latest") for n in names):
         return "steps after a checkpoint"
     return "steps" if any(n.endswith("config.json") for n in names) else "start-up"
@@ -98,7 +126,11 @@ def test_kill_9_anywhere_then_rerun_gives_identical_outputs(tmp_path):
     rng = random.Random(int(os.environ.get("SENDVAE_KILL_SEED", "0")))
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     report = []
-    for name, command in COMMANDS.items():
+    only = [n for n in os.environ.get("SENDVAE_KILL_COMMANDS", "").split(",") if n]
+    table = commands(make_inputs(tmp_path / "inputs"))
+    for name, command in table.items():
+        if only and name not in only:
+            continue
         ref = tmp_path / f"ref-{name}"
         ref.mkdir()
         proc, began = start(command, ref, env)

@@ -89,14 +89,17 @@ def test_folder_npz_manifest_and_balanced_labels(reference, models):
         (2.0, 0.0, 0.7, "balanced", 0, 50)
     assert manifest["cfg"]["null_class"] == 10 and manifest["cfg"]["channels"] == "all"
     assert len(s["model_sha256"]) == 64 and len(s["vae_sha256"]) == 64
-    assert manifest["runs"][0]["seconds"] > 0
+    runs = [json.loads(line) for line in (reference / "runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 1 and runs[0]["seconds"] > 0 and runs[0]["batch_size"] == 7
     text = (reference / "sample.json").read_text()
     assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    assert "seconds" not in text  # timing lives in runs.jsonl: the manifest is the same bytes every time
 
 
 def test_batch_size_does_not_change_the_samples(reference, models, tmp_path):
     ok("sample", models["sit"], "--out", tmp_path / "b16", "--batch-size", "16", *RUN)
     assert (tmp_path / "b16" / "samples.npz").read_bytes() == (reference / "samples.npz").read_bytes()
+    assert (tmp_path / "b16" / "sample.json").read_bytes() == (reference / "sample.json").read_bytes()
 
 
 def test_torchrun_two_ranks_give_the_same_samples(reference, models, tmp_path):
@@ -106,7 +109,8 @@ def test_torchrun_two_ranks_give_the_same_samples(reference, models, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "samples.npz").read_bytes() == (reference / "samples.npz").read_bytes()
-    assert json.loads((out / "sample.json").read_text())["runs"][0]["world_size"] == 2
+    assert json.loads((out / "runs.jsonl").read_text())["world_size"] == 2
+    assert (out / "sample.json").read_bytes() == (reference / "sample.json").read_bytes()
 
 
 def test_kill_9_then_rerun_gives_the_same_files(reference, models, tmp_path):
@@ -129,6 +133,7 @@ def test_kill_9_then_rerun_gives_the_same_files(reference, models, tmp_path):
     assert interrupted, "could not kill the run mid-way"
     run_cli("sample", models["sit"], "--out", out, "--batch-size", "16", *RUN)
     assert (out / "samples.npz").read_bytes() == (reference / "samples.npz").read_bytes()
+    assert (out / "sample.json").read_bytes() == (reference / "sample.json").read_bytes()
     for i in (0, 17, 49):
         assert (out / f"images/000000/{i:06d}.png").read_bytes() == (reference / f"images/000000/{i:06d}.png").read_bytes()
     assert not list(out.rglob("*.tmp*"))
@@ -152,6 +157,7 @@ def test_sigterm_stops_with_one_line_and_the_rerun_gives_the_same_files(referenc
     assert "Traceback" not in stderr and not (out / "samples.npz").exists()
     run_cli("sample", models["sit"], "--out", out, "--batch-size", "16", *RUN)
     assert (out / "samples.npz").read_bytes() == (reference / "samples.npz").read_bytes()
+    assert (out / "sample.json").read_bytes() == (reference / "sample.json").read_bytes()
 
 
 def test_finished_output_is_not_redone(reference, models):

@@ -1,6 +1,8 @@
 """The sample folder on disk and its resume rules.
 
-    OUT/sample.json                the manifest: settings (what decides the images), status, timing
+    OUT/sample.json                the manifest: settings (what decides the images), status; the same
+                                   bytes for the same command, however often it was resumed
+    OUT/runs.jsonl                 one line per finishing run: its time, device, batch and world size
     OUT/images/000000/000123.png   one PNG per sample, 1000 per shard folder, named by sample index
     OUT/samples.npz                ADM batch: arr_0 uint8 N x H x W x 3, arr_1 labels (when conditional)
     OUT/grid.png                   with --grid
@@ -26,6 +28,7 @@ from sendvae_cli.io import write_errors, write_json_atomic
 FORMAT = "sendvae-samples"
 FORMAT_VERSION = 1
 MANIFEST = "sample.json"
+RUNS = "runs.jsonl"
 IMAGES = "images"
 NPZ = "samples.npz"
 GRID = "grid.png"
@@ -47,6 +50,7 @@ class SampleFolder:
         self.count = count
         self.digits = max(6, len(str(max(count - 1, 0))))  # fixed width: sorted names are sample order
         self.manifest = self.out / MANIFEST
+        self.runs = self.out / RUNS
         self.images = self.out / IMAGES
         self.npz = self.out / NPZ
 
@@ -90,6 +94,22 @@ class SampleFolder:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.manifest, _sorted(manifest))
+
+    def append_run(self, record: dict[str, Any]) -> None:
+        """Log a run's timing apart from the manifest, which stays a function of the settings."""
+        with write_errors(self.runs, kept="the samples are kept"), open(self.runs, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def read_runs(self) -> list[dict[str, Any]]:
+        if not self.runs.is_file():
+            return []
+        runs = []
+        for line in self.runs.read_text().splitlines():
+            try:
+                runs.append(json.loads(line))
+            except ValueError:  # a line torn by a kill: the log is informative only
+                continue
+        return runs
 
     # ---- images ------------------------------------------------------------------------
     def write_png(self, index: int, image: np.ndarray) -> None:

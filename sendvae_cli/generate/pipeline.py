@@ -174,11 +174,11 @@ def sample_to_folder(gen: SamplingModel, settings: SampleSettings, out: Path, di
         existing = folder.check(described)  # every rank checks before anything is written
         if existing is not None and existing.get("status") == "complete" and folder.npz.is_file():
             info(f"{out} is already complete ({settings.count} images); nothing to do", show and dist.is_main)
-            return existing
+            return {**existing, "runs": folder.read_runs()}
         began = time.perf_counter()
         if dist.is_main:
             folder.tidy()
-            manifest = _manifest(described, settings, gen, existing, status="running")
+            manifest = _manifest(described, settings, gen, status="running")
             folder.write_manifest(manifest)
         dist.barrier()
 
@@ -225,14 +225,12 @@ def sample_to_folder(gen: SamplingModel, settings: SampleSettings, out: Path, di
                     write_npz(folder.npz, folder.read_all(pool), settings.count, first.shape[0], first.shape[1],
                               labels)
             drawer.timing.npz_s = time.perf_counter() - npz_start
-            manifest = _manifest(described, settings, gen, folder.read_manifest(), status="complete",
-                                 run=_run_record(drawer.timing, time.perf_counter() - began, dist, batch_size,
-                                                 len(todo)),
-                                 image_size=list(first.shape[:2]))
+            folder.append_run(_run_record(drawer.timing, time.perf_counter() - began, dist, batch_size, len(todo)))
+            manifest = _manifest(described, settings, gen, status="complete", image_size=list(first.shape[:2]))
             folder.write_manifest(manifest)
             info(f"{settings.count} images in {folder.images}, ADM batch {folder.npz}", show)
         dist.barrier()
-        return manifest or folder.read_manifest()
+        return {**(manifest or folder.read_manifest()), "runs": folder.read_runs()}
 
 
 def _run_record(timing: Timing, seconds: float, dist, batch_size: int, drawn: int) -> dict[str, Any]:
@@ -242,11 +240,8 @@ def _run_record(timing: Timing, seconds: float, dist, batch_size: int, drawn: in
             "write_wait_s": round(timing.write_wait_s, 3), "npz_s": round(timing.npz_s, 3)}
 
 
-def _manifest(described, settings: SampleSettings, gen: SamplingModel, existing, *, status: str,
-              run: dict[str, Any] | None = None, image_size=None) -> dict[str, Any]:
-    runs = list((existing or {}).get("runs", []))
-    if run is not None:
-        runs.append(run)
+def _manifest(described, settings: SampleSettings, gen: SamplingModel, *, status: str,
+              image_size=None) -> dict[str, Any]:
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -259,9 +254,7 @@ def _manifest(described, settings: SampleSettings, gen: SamplingModel, existing,
         "num_classes": gen.num_classes,
         "model": {k: v for k, v in gen.identity.items() if k.startswith("model")},
         "vae": {k: v for k, v in gen.identity.items() if k.startswith("vae")},
-        "files": {"images": "images/", "npz": "samples.npz"},
-        "runs": runs,
-        "seconds": round(sum(r["seconds"] for r in runs), 3),
+        "files": {"images": "images/", "npz": "samples.npz", "runs": "runs.jsonl"},
     }
     if image_size is not None:
         manifest["image_size"] = image_size
