@@ -35,6 +35,25 @@ def write_json_atomic(path: Path, value: Any, default: Callable[[Any], Any] = st
         tmp.write_text(json.dumps(value, indent=2, default=default, sort_keys=sort_keys) + "\n")
 
 
+# Wall-clock fields: useful on screen and to the caller, but they would make a result file differ
+# between two runs of the same command, so `write_result_json` leaves them out of the file.
+VOLATILE_KEYS = frozenset({"seconds", "samples_per_second", "created", "encode_seconds"})
+
+
+def _without_volatile(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_volatile(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_without_volatile(v) for v in value]
+    return value
+
+
+def write_result_json(path: Path, value: Any, default: Callable[[Any], Any] = str) -> None:
+    """A command's result file (fid.json, probe.json, recon.json, ...): sorted keys and no
+    wall-clock fields, so the same command on the same inputs writes the same bytes."""
+    write_json_atomic(path, _without_volatile(value), default=default, sort_keys=True)
+
+
 # --------------------------------------------------------------------------------------------
 #                       Write errors: one line naming the file, never a traceback
 # --------------------------------------------------------------------------------------------

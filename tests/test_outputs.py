@@ -48,3 +48,11 @@ def test_exports_checkpoints_and_caches_are_readable_by_others(runs):
              tmp / "latents.h5"]
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, (path, oct(path.stat().st_mode))
+
+
+def test_result_files_leave_out_wall_clock_fields(tmp_path):
+    from sendvae_cli.io import write_result_json
+
+    write_result_json(tmp_path / "a.json", {"b": 1, "seconds": 2.5, "runs": [{"created": "now", "x": 1}],
+                                            "a": {"encode_seconds": 3, "samples_per_second": 9, "y": 2}})
+    assert (tmp_path / "a.json").read_text() == '{\n  "a": {\n    "y": 2\n  },\n  "b": 1,\n  "runs": [\n    {\n      "x": 1\n    }\n  ]\n}\n'

@@ -12,11 +12,9 @@ Statistics of one extractor are never compared with another's. See docs/fid.md f
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +310,6 @@ def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, An
         "sendvae_version": _version(),
         "seconds": round(time.perf_counter() - started, 3),
         "samples_per_second": round(count / done.seconds, 2) if done.seconds > 0 else None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "json": str(json_path),
     }
     if not inception:
@@ -331,10 +328,10 @@ def _version() -> str:
 
 
 def _write_json(path: Path, result: dict[str, Any]) -> None:
+    from sendvae_cli.io import write_result_json
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_result_json(path, result)
 
 
 def render_table(result: dict[str, Any]):

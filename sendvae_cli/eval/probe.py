@@ -23,7 +23,7 @@ from typing import Any
 
 from sendvae_cli.caches.h5rows import fingerprint
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import write_json_atomic
+from sendvae_cli.io import write_result_json
 from sendvae_cli.eval.probe_features import FeatureRequest, check_labels, slug
 
 PROTOCOL = {
@@ -156,7 +156,7 @@ def probe_cache(entry: dict[str, Any], settings, results_dir: Path, show: bool) 
         "per_attribute_f1": dict(zip(names, result.metrics["per_attribute_f1"])),
     }
     results_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(saved, record, default=float)
+    write_result_json(saved, record, default=float)
     return record
 
 
@@ -195,7 +195,7 @@ def run_probe(options: ProbeOptions, registry) -> dict[str, Any] | None:
         "results": results,
     }
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "probe.json", summary, default=float)
+    write_result_json(out / "probe.json", summary, default=float)
     chart(summary, out / "probe.png")
     return summary
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from sendvae_cli.caches import encode_rows
-from sendvae_cli.io import write_json_atomic
+from sendvae_cli.io import write_result_json
 from sendvae_cli.caches.h5rows import ArraySpec, RowCache, fingerprint
 from sendvae_cli.errors import UserError, WeightsNotFound
 from sendvae_cli.eval.extractors import INCEPTION, metric_name
@@ -399,7 +399,7 @@ def run_recon(options: ReconOptions, registry, *, reconstructors: list[Reconstru
             record = {"key": key, "label": rec.request.label, "ref": rec.request.ref, "vae": rec.identity,
                       "latent_shape": [c, h, w], "images": len(source), "cache": str(path), "metrics": metrics}
             saved.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(saved, record, default=float)
+            write_result_json(saved, record, default=float)
             fresh = True
         if fresh or not image.is_file():
             preview(source, rec, dist.device, image)
@@ -422,7 +422,7 @@ def run_recon(options: ReconOptions, registry, *, reconstructors: list[Reconstru
         "results": results,
     }
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "recon.json", summary, default=float)
+    write_result_json(out / "recon.json", summary, default=float)
     return summary
 
 
