@@ -7,8 +7,8 @@ Arms (same data, same steps, same SiT, same seeds; only the VAE's alignment diff
     unaligned   the same with --align-weight 0 (the mapper gets no weight in the loss)
     no-noise    aligned without noise injection (--no-noise; optional, --arms)
 
-The teacher's tokens of the training images are extracted once and read by every training. For
-each arm and seed, the README main job's settings: train-vae -> cache-latents -> train-sit (REPA with the same teacher) ->
+The teacher's tokens of each seed's training images are extracted once and read by every training.
+For each arm and seed, the README main job's settings: train-vae -> cache-latents -> train-sit (REPA with the same teacher) ->
 sample (class-balanced, CFG) -> fid (the teacher's feature space, against held-out shapes) ->
 probe (macro-F1 on shapes attributes) -> recon (PSNR). Every command is printed before it runs
 and shells out to `sendvae` (or `python -m sendvae_cli`), so any one can be rerun by hand; all of
@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from main_job_report import _fd, write_reference  # noqa: E402  (the same reference as the main job)
 
+HELD_OUT_SEED = 1000  # recon's images: a draw of shapes that no training run uses
 ARMS = {
     "aligned": [],
     "unaligned": ["--align-weight", "0"],
@@ -57,13 +58,19 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def one_run(args, arm: str, seed: int, ref: Path, tokens: Path) -> dict:
+def one_run(args, arm: str, seed: int, ref: Path) -> dict:
     sendvae = shlex.split(args.sendvae)
     out = args.out / f"{arm}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.log"
     common = ["--device", args.device, "--quiet"]
     seconds = {}
+    # The seed draws the shapes rows too, so each seed has its own images and teacher tokens
+    # (shared by the arms of that seed).
+    tokens = args.out / f"teacher-seed{seed}.h5"
+    seconds["extract"] = run(sendvae + [
+        "extract", "shapes", "--teacher", args.teacher, "--resolution", "64", "--num-images", str(args.num_images),
+        "--seed", str(seed), *common, "--out", str(tokens)], log)
     seconds["train-vae"] = run(sendvae + [
         "train-vae", "shapes", "--preset", "tiny", "--teacher", args.teacher, "--teacher-features", str(tokens),
         "--lpips-weight", "0",
@@ -71,7 +78,7 @@ def one_run(args, arm: str, seed: int, ref: Path, tokens: Path) -> dict:
         *ARMS[arm], *args.vae_args, *common, "--out", str(out / "vae")], log)
     seconds["cache-latents"] = run(sendvae + [
         "cache-latents", "shapes", "--vae", str(out / "vae" / "export"), "--resolution", "64", "--num-images", str(args.num_images),
-        *common, "--out", str(out / "latents.h5")], log)
+        "--seed", str(seed), *common, "--out", str(out / "latents.h5")], log)
     seconds["train-sit"] = run(sendvae + [
         "train-sit", str(out / "latents.h5"), "--preset", "tiny", "--model", args.sit_model, "--teacher", args.teacher,
         "--teacher-features", str(tokens), "--steps", str(args.sit_steps), "--seed", str(seed), *args.sit_args, *common,
@@ -87,7 +94,7 @@ def one_run(args, arm: str, seed: int, ref: Path, tokens: Path) -> dict:
         "--device", args.device, "--quiet", "--out", str(out / "probe")], log)
     seconds["recon"] = run(sendvae + [
         "recon", "shapes", "--vae", f"{arm}={out / 'vae' / 'export'}", "--num-images", str(args.recon_images),
-        "--extractor", args.teacher, "--no-lpips", "--device", args.device, "--quiet", "--out", str(out / "recon")], log)
+        "--seed", str(HELD_OUT_SEED), "--extractor", args.teacher, "--no-lpips", "--device", args.device, "--quiet", "--out", str(out / "recon")], log)
 
     fd_name, fd = _fd(json.loads((out / "fid.json").read_text()))
     probe = json.loads((out / "probe" / "probe.json").read_text())["results"][0]
@@ -131,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     ref = args.out / "shapes-ref.npz"
     write_reference(ref, args.ref_images, 64)
-    tokens = args.out / "teacher.h5"
-    run(shlex.split(args.sendvae) + ["extract", "shapes", "--teacher", args.teacher, "--resolution", "64",
-                                     "--num-images", str(args.num_images), "--device", args.device, "--quiet",
-                                     "--out", str(tokens)], args.out / "commands.log")
-    rows = [one_run(args, arm, seed, ref, tokens) for arm in args.arms for seed in args.seeds]
+    rows = [one_run(args, arm, seed, ref) for arm in args.arms for seed in args.seeds]
 
     fd_name = rows[0]["fd_name"]
     print(f"\n{'arm':<10} {fd_name + ' (lower is better)':<40} {'probe macro-F1':<40} PSNR (dB)")

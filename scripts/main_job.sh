@@ -86,9 +86,11 @@ step fid "$OUT/fid.json" \
 step probe "$OUT/probe/probe.json" \
     $SENDVAE probe shapes --vae send-vae="$OUT/vae/export" --num-images "$PROBE_IMAGES" --out "$OUT/probe"
 
-# 8. Reconstruction quality on held-out images (PSNR, SSIM, rFD in MobileNetV2 space).
+# 8. Reconstruction quality on held-out images (PSNR, SSIM, rFD in MobileNetV2 space): --seed 1000
+#    draws shapes images that training (seed 0) never saw.
 step recon "$OUT/recon/recon.json" \
-    $SENDVAE recon shapes --vae send-vae="$OUT/vae/export" --num-images "$RECON_IMAGES" --extractor "$TEACHER" --no-lpips --out "$OUT/recon"
+    $SENDVAE recon shapes --vae send-vae="$OUT/vae/export" --num-images "$RECON_IMAGES" --seed 1000 \
+    --extractor "$TEACHER" --no-lpips --out "$OUT/recon"
 
 # 9. The summary: each step's output and time, FD, probe F1, PSNR; and one picture.
 echo
