@@ -49,9 +49,10 @@ def _without_volatile(value: Any) -> Any:
 
 
 def write_result_json(path: Path, value: Any, default: Callable[[Any], Any] = str) -> None:
-    """A command's result file (fid.json, probe.json, recon.json, ...): sorted keys and no
-    wall-clock fields, so the same command on the same inputs writes the same bytes."""
-    write_json_atomic(path, _without_volatile(value), default=default, sort_keys=True)
+    """A command's result file (fid.json, probe.json, recon.json, ...) without wall-clock fields,
+    so the same command on the same inputs writes the same bytes. Keys keep their order (the
+    per-attribute tables follow the dataset's attribute order)."""
+    write_json_atomic(path, _without_volatile(value), default=default)
 
 
 # --------------------------------------------------------------------------------------------

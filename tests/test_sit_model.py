@@ -107,7 +107,7 @@ def test_generators_are_registered_without_torch(fresh_registry):
             "s = r.generator('sit-xl/1'); print(len(r.names('generator')), s.depth, s.width, s.heads, s.patch_size, "
             "s.encoder_depth, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["15", "28", "1152", "16", "1", "8", "False"]
+    assert out == ["18", "28", "1152", "16", "1", "8", "False"]
     from sendvae_cli.registry import Registry
 
     registry = Registry(load_outside=False)
