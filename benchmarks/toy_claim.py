@@ -19,7 +19,7 @@ them resume, so rerunning this script continues where it stopped.
         --sit-steps 20000 --num-samples 1000 --device cuda                    # GPU scale
 
 It prints a table (mean and spread over seeds per arm) and writes OUT/toy_claim.json. Not part
-of CI: at the default scale (two arms, two seeds) it takes about 30 minutes on 2 CPU cores.
+of CI: at the default scale (two arms, two seeds) it takes 30 to 50 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

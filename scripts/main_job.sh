@@ -12,6 +12,7 @@
 #   scripts/main_job.sh                 # into runs/main
 #   OUT=runs/small VAE_STEPS=20 SIT_STEPS=20 NUM_SAMPLES=20 scripts/main_job.sh   # a quick check
 set -euo pipefail
+export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # every weight this job reads is local: never wait on the hub
 
 OUT=${OUT:-runs/main}
 TEACHER=${TEACHER:-tv-mobilenet-v2}
