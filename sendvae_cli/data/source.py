@@ -9,6 +9,7 @@ bytes than float; `to_model_range` turns a batch into the [-1, 1] floats models 
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -20,21 +21,21 @@ SPLITS = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2
 
 
-class ImageSource(torch.utils.data.Dataset):
+class ImageSource(torch.utils.data.Dataset, ABC):
     resolution: int
     num_classes: int | None = None
     class_names: list[str] | None = None
     attribute_names: tuple[str, ...] = ()
 
-    def __len__(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
 
+    @abstractmethod
     def row_id(self, index: int) -> str:
         """A stable identifier of row `index` (a relative path, or 'shapes/<i>')."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def label(self, index: int) -> int:
         return self[index][1]
@@ -51,9 +52,9 @@ class ImageSource(torch.utils.data.Dataset):
         """(len(self),) int8: TRAIN, VAL or TEST per row (attribute datasets say which, for probes)."""
         raise NotImplementedError(f"{type(self).__name__} has no train/val/test split")  # pragma: no cover
 
+    @abstractmethod
     def describe(self) -> dict[str, Any]:
         """JSON-able description of where the rows come from (stored in caches)."""
-        raise NotImplementedError  # pragma: no cover - abstract
 
     def row_ids(self) -> list[str]:
         return [self.row_id(i) for i in range(len(self))]
