@@ -152,6 +152,15 @@ def write_errors(path: Path | str, *, needed: int | None = None, kept: str | Non
 # --------------------------------------------------------------------------------------------
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_folder(folder: Path) -> None:
     """Make a rename inside `folder` durable (best effort: not every file system allows it)."""
     try:
@@ -215,11 +224,7 @@ def atomic_file(path: Path, *, needed: int | None = None) -> Iterator[Path]:
     with write_errors(path, needed=needed):
         try:
             yield tmp
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(tmp)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import free_bytes, human_bytes, write_errors, write_json_atomic
+from sendvae_cli.io import free_bytes, fsync_file, human_bytes, write_errors, write_json_atomic
 
 FORMAT_VERSION = 1
 PROGRESS = "_rows_done"
@@ -373,11 +373,7 @@ class RowCache:
                         f.attrs["config"] = json.dumps(self.config, sort_keys=True, default=str)
                         f.attrs["complete"] = True
                         f.flush()  # raises on a failed write, where closing would not
-                    fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    fsync_file(tmp)
                     os.replace(tmp, self.out)
                 except BaseException:
                     tmp.unlink(missing_ok=True)

@@ -22,17 +22,12 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import atomic_file, fsync_folder, remove_stale_temporaries, save_safetensors, write_errors
+from sendvae_cli.io import (atomic_file, fsync_file, fsync_folder, remove_stale_temporaries, save_safetensors,
+                             write_errors)
 
 LATEST = "latest"
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def tensor_bytes(value: Any) -> int:
@@ -93,7 +88,7 @@ class Checkpoints:
                 with open(tmp / "state.pt", "wb") as f:  # a file object: a full disk is an OSError
                     torch.save(state, f)
                 for name in ("weights.safetensors", "state.pt"):
-                    _fsync_file(tmp / name)
+                    fsync_file(tmp / name)
                 fsync_folder(tmp)
                 if final.exists():
                     shutil.rmtree(final)
