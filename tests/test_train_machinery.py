@@ -7,6 +7,7 @@ import torch
 
 from sendvae_cli.errors import UserError
 from sendvae_cli.train.checkpoint import Checkpoints
+from sendvae_cli.train.ema import EMA, warmed_up_decay
 from sendvae_cli.train.metrics import MetricsLog, read_metrics
 from sendvae_cli.train.run_config import prepare_run_dir, resolve
 from sendvae_cli.train.batches import StreamBatchSampler
@@ -77,3 +78,17 @@ def test_metrics_log_drops_steps_redone_after_resume(tmp_path):
     MetricsLog(tmp_path / "m.jsonl", resume_step=20)
     rows = read_metrics(tmp_path / "m.jsonl")
     assert [r["step"] for r in rows] == [10, 20] and rows[0]["bad"] is None
+
+
+def test_ema_warms_up_so_a_short_run_forgets_its_random_start():
+    assert warmed_up_decay(0.999, 0) == pytest.approx(0.1)
+    assert warmed_up_decay(0.999, 100) == pytest.approx(101 / 110)
+    assert warmed_up_decay(0.9999, 10**6) == 0.9999  # long runs: the plain average
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(model.weight, 0.0)
+    ema = EMA(model, 0.999)
+    torch.nn.init.constant_(model.weight, 1.0)
+    for step in range(1200):
+        ema.update(model, step)
+    # Without the warm-up 0.999 ** 1200 = 30% of the initial 0 would remain.
+    assert 1.0 - ema.shadow.weight.item() < 1e-6

@@ -395,7 +395,7 @@ def _steps(trainer: Trainer, ctx: StepContext, cfg: TrainConfig, dist: Dist, bat
                                        f"is {checkpoints.latest() or 'none'}; lower --lr or check the data")
             sums.update(trainer.optimizer_step(ctx))
             if ema is not None:
-                ema.update(parts.ema_of)
+                ema.update(parts.ema_of, step)
             step += 1
             ctx.step = step
             bar.advance(1)
