@@ -45,6 +45,14 @@ ARMS = {
 }
 
 
+def cpu_has_amx() -> bool:
+    """The main job's test (scripts/main_job.sh): bf16 matrix units on this CPU."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
 def run(cmd: list[str], log: Path) -> float:
     """Print and run one command (its output goes to the terminal and to LOG); seconds taken."""
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
@@ -74,7 +82,8 @@ def one_run(args, arm: str, seed: int, ref: Path) -> dict:
     seconds["train-vae"] = run(sendvae + [
         "train-vae", "shapes", "--preset", "tiny", "--teacher", args.teacher, "--teacher-features", str(tokens),
         "--lpips-weight", "0",
-        "--num-images", str(args.num_images), "--steps", str(args.vae_steps), "--seed", str(seed),
+        "--num-images", str(args.num_images), "--steps", str(args.vae_steps), "--precision", args.vae_precision,
+        "--seed", str(seed),
         *ARMS[arm], *args.vae_args, *common, "--out", str(out / "vae")], log)
     seconds["cache-latents"] = run(sendvae + [
         "cache-latents", "shapes", "--vae", str(out / "vae" / "export"), "--resolution", "64", "--num-images", str(args.num_images),
@@ -120,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--teacher", default="tv-mobilenet-v2")
     p.add_argument("--num-images", type=int, default=2000, help="training rows of shapes")
-    p.add_argument("--vae-steps", type=int, default=400, help="as the tiny preset")
-    p.add_argument("--sit-steps", type=int, default=1200, help="as the tiny preset")
+    p.add_argument("--vae-precision", default=None, choices=["auto", "fp32", "bf16"],
+                   help="as the main job on a CPU: bf16 where it has AMX, else fp32; auto on CUDA")
+    p.add_argument("--vae-steps", type=int, default=None, help="as the main job: 800 in bf16, 400 in fp32")
+    p.add_argument("--sit-steps", type=int, default=2000, help="as the main job")
     p.add_argument("--sit-model", default="SiT-mini/4", help="as the main job")
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--ref-images", type=int, default=1000)
-    p.add_argument("--cfg", type=float, default=2.5)
+    p.add_argument("--cfg", type=float, default=4.0, help="as the main job")
     p.add_argument("--sample-steps", type=int, default=25)
     p.add_argument("--probe-images", type=int, default=2000)
     p.add_argument("--recon-images", type=int, default=128)
@@ -134,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sit-arg", dest="sit_args", action="append", default=[], help="extra train-sit argument (repeat)")
     p.add_argument("--sendvae", default=f"{shlex.quote(sys.executable)} -m sendvae_cli")
     args = p.parse_args(argv)
+    if args.vae_precision is None:
+        args.vae_precision = "auto" if args.device.startswith("cuda") else ("bf16" if cpu_has_amx() else "fp32")
+    if args.vae_steps is None:
+        args.vae_steps = 400 if args.vae_precision == "fp32" else 800
 
     args.out.mkdir(parents=True, exist_ok=True)
     ref = args.out / "shapes-ref.npz"

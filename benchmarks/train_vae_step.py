@@ -1,6 +1,8 @@
 """Send-VAE train-step throughput and where the time goes.
 
     python benchmarks/train_vae_step.py [--vae f16d32] [--teacher dinov2-b] [--resolution 256] [--batch 4]
+    python benchmarks/train_vae_step.py --vae tiny-f4d4 --teacher tv-mobilenet-v2 --resolution 64 --batch 16 \
+        --mapper-width 256 --mapper-hidden 512 --no-lpips --no-gan --precision bf16
 
 Builds the real architectures with random weights (VAE config, DINOv2-B teacher, mapper,
 VGG16 LPIPS, PatchGAN discriminator), then times:
@@ -32,7 +34,7 @@ from sendvae_cli.vae.autoencoder import AutoencoderKL
 from sendvae_cli.vae.discriminator import NLayerDiscriminator
 from sendvae_cli.vae.losses import VAELoss
 from sendvae_cli.vae.lpips import LPIPS
-from sendvae_cli.vae.mapper import Mapper, alignment_loss, mapper_patch_size
+from sendvae_cli.vae.mapper import Mapper, alignment_loss
 from cpu_peak import cpu_peak_tflops
 
 
@@ -45,6 +47,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--memory-format", default="auto", choices=["auto", "contiguous", "channels_last"],
+                   help="auto: channels_last on CPU, as train-vae runs")
+    p.add_argument("--mapper-width", type=int, default=None)
+    p.add_argument("--mapper-hidden", type=int, default=2048)
+    p.add_argument("--no-lpips", action="store_true", help="the main job's setting (LPIPS weight 0)")
+    p.add_argument("--no-gan", action="store_true", help="the tiny preset's setting (GAN weight 0: no discriminator step)")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -55,14 +63,21 @@ def main() -> None:
     torch.manual_seed(0)
     vae = AutoencoderKL(args.vae).to(device).train()
     teacher = get_registry().teacher(args.teacher).build(random_weights=True).to(device)
-    mapper = Mapper(vae.latent_channels, teacher.width, patch_size=mapper_patch_size(vae.downsample)).to(device)
-    lpips = LPIPS(random_weights=True).to(device)
+    grid = teacher.token_grid(args.resolution)
+    patch = args.resolution // vae.downsample // grid[0]
+    mapper = Mapper(vae.latent_channels, teacher.width, patch_size=patch, width=args.mapper_width,
+                    projector_dim=args.mapper_hidden).to(device)
+    lpips = None if args.no_lpips else LPIPS(random_weights=True).to(device)
     disc = NLayerDiscriminator().to(device)
-    loss_fn = VAELoss(lpips, disc)
+    loss_fn = VAELoss(lpips, disc, lpips_weight=0.0 if lpips is None else 1.0, gan_weight=0.0 if args.no_gan else 0.1)
     params = list(vae.parameters()) + list(mapper.parameters())
     opt = torch.optim.AdamW(params, lr=3e-4)
     dopt = torch.optim.AdamW(disc.parameters(), lr=1e-4)
     x = torch.rand(args.batch, 3, args.resolution, args.resolution, device=device) * 2 - 1
+    channels_last = args.memory_format == "channels_last" or (args.memory_format == "auto" and device.type == "cpu")
+    if channels_last:
+        vae.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def sync():
         if device.type == "cuda":
@@ -91,6 +106,8 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if args.no_gan:
+            return
         loss_fn.discriminator_loss(x, recon, step=1)["loss"].backward()
         dopt.step()
         dopt.zero_grad(set_to_none=True)
@@ -116,8 +133,9 @@ def main() -> None:
     recon_leaf = (x + 0.1 * torch.randn_like(x)).clamp(-1, 1)
 
     def lpips_part():
-        r = recon_leaf.clone().requires_grad_(True)
-        lpips(x, r).mean().backward()
+        if lpips is not None:
+            r = recon_leaf.clone().requires_grad_(True)
+            lpips(x, r).mean().backward()
 
     def disc_part():
         r = recon_leaf.clone().requires_grad_(True)
@@ -135,7 +153,7 @@ def main() -> None:
     peak = args.peak_tflops or (989.0 if device.type == "cuda" and bf16 else (67.0 if device.type == "cuda" else cpu_peak_tflops()))
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16" if bf16 else "fp32", "vae": args.vae, "teacher": args.teacher,
+        "precision": "bf16" if bf16 else "fp32", "channels_last": channels_last, "vae": args.vae, "teacher": args.teacher,
         "resolution": args.resolution, "batch": args.batch, "step_s": step_s,
         "images_per_s": args.batch / step_s, "step_tflop": step_flops / 1e12,
         "achieved_tflops": step_flops / step_s / 1e12, "peak_tflops": peak,

@@ -175,6 +175,26 @@ def test_teacher_features_from_the_same_images_train(tmp_path):
     run_cli("train-vae", *TINY, "--steps", "2", "--teacher-features", feats, "--out", out)
     assert (out / "export" / "vae.safetensors").exists()
 
+    # Small caches are read into memory once, big ones row by row: the same tokens either way.
+    import h5py
+
+    from sendvae_cli.caches import features
+    from sendvae_cli.data.shapes import ShapesSource
+
+    source = ShapesSource(64, 32)
+    rows = [5, 0, 63, 5, 17]
+    small = features.TeacherFeatures(feats, source)
+    assert not isinstance(small.tokens, h5py.Dataset)
+    features.IN_MEMORY_BYTES, saved = 0, features.IN_MEMORY_BYTES
+    try:
+        big = features.TeacherFeatures(feats, source)
+    finally:
+        features.IN_MEMORY_BYTES = saved
+    assert isinstance(big.tokens, h5py.Dataset)
+    assert torch.equal(small.rows(rows), big.rows(rows))
+    with h5py.File(feats, "r") as f:
+        assert torch.equal(small.rows(rows), torch.from_numpy(f["tokens"][()][rows].astype("float32")))
+
 
 def test_nan_loss_stops_with_a_clear_message_and_writes_no_checkpoint(tmp_path):
     from sendvae_cli.vae.autoencoder import AutoencoderKL

@@ -369,15 +369,9 @@ def _first_pass(features: Any, splits: np.ndarray, table: np.ndarray | None, sto
 
 
 def _adamw(probe: torch.nn.Module, settings: ProbeSettings, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; fused (one pass over the parameters instead of ~10: the same update, and half the
-    optimiser's share of a CPU step) where torch has that kernel: CUDA, and CPU from torch 2.4."""
-    options = {"lr": settings.lr, "weight_decay": settings.weight_decay}
-    if device.type in ("cpu", "cuda"):
-        try:
-            return torch.optim.AdamW(probe.parameters(), fused=True, **options)
-        except (RuntimeError, ValueError):  # an older torch without the CPU kernel
-            pass
-    return torch.optim.AdamW(probe.parameters(), **options)
+    from sendvae_cli.train.optim import adamw
+
+    return adamw(probe.parameters(), device, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
 def fit_probe(features: Any, attributes: Any, splits: Any, settings: ProbeSettings,

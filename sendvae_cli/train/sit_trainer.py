@@ -36,6 +36,7 @@ from sendvae_cli.teachers.base import TOKEN_STRIDE
 from sendvae_cli.train import loop
 from sendvae_cli.train.checkpoint import Checkpoints, unwrap
 from sendvae_cli.train.loop import Parts, StepContext, Trainer, autocast_for, clip_grad_norm
+from sendvae_cli.train.optim import adamw
 from sendvae_cli.train.sit_config import SiTTrainConfig
 from sendvae_cli.train.sit_data import keep_batch
 
@@ -312,8 +313,8 @@ class SiTTrainer(Trainer):
             model.set_attention(cfg.attention)
         self.model = model.to(ctx.device).train()
         self.normalizer = LatentNormalizer(data.latent_mean, data.latent_std).to(ctx.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(self.model.parameters(), ctx.device, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                               weight_decay=cfg.weight_decay)
         return Parts(modules={"model": self.model}, optimizers={"optimizer": self.optimizer}, ema_of=self.model)
 
     def prepare(self, ctx: StepContext) -> None:
