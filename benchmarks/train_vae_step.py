@@ -138,6 +138,8 @@ def main() -> None:
             lpips(x, r).mean().backward()
 
     def disc_part():
+        if args.no_gan:
+            return
         r = recon_leaf.clone().requires_grad_(True)
         (-disc(r).mean()).backward()  # the generator-side hinge term
         loss_fn.discriminator_loss(x, r, step=1)["loss"].backward()
