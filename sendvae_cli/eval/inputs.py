@@ -28,6 +28,7 @@ featurised once however often it is used.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import json
 import os
 import zipfile
@@ -62,7 +63,7 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
-class ImageInput:
+class ImageInput(ABC):
     """N uint8 RGB images of one size, delivered in order as (B, 3, H, W) tensors."""
 
     path: Path
@@ -72,11 +73,13 @@ class ImageInput:
     height: int
     width: int
 
+    @abstractmethod
     def batches(self, batch_size: int, limit: int | None = None, workers: int = 0) -> Iterator[torch.Tensor]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The images in order, `batch_size` at a time (the first `limit` of them)."""
 
+    @abstractmethod
     def content_sha256(self, workers: int = 8) -> str:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """A digest of the pixels and their order (what a cached feature file is keyed by)."""
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "kind": self.kind, "images": self.count,

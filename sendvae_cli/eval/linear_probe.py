@@ -72,6 +72,7 @@ import torch.nn.functional as F
 
 from sendvae_cli.data.source import SPLITS, TEST, TRAIN, VAL
 from sendvae_cli.eval.attribute_metrics import attribute_metrics
+from sendvae_cli.train.optim import adamw
 
 Progress = Callable[..., None]
 
@@ -368,12 +369,6 @@ def _first_pass(features: Any, splits: np.ndarray, table: np.ndarray | None, sto
     return moments, read_s, stats_s
 
 
-def _adamw(probe: torch.nn.Module, settings: ProbeSettings, device: torch.device) -> torch.optim.Optimizer:
-    from sendvae_cli.train.optim import adamw
-
-    return adamw(probe.parameters(), device, lr=settings.lr, weight_decay=settings.weight_decay)
-
-
 def fit_probe(features: Any, attributes: Any, splits: Any, settings: ProbeSettings,
               progress: Progress | None = None) -> ProbeResult:
     """Train the linear probe on the train rows, stop early on the val rows, evaluate on the test
@@ -412,7 +407,7 @@ def fit_probe(features: Any, attributes: Any, splits: Any, settings: ProbeSettin
         probe.weight.uniform_(-bound, bound, generator=generator)
         probe.bias.uniform_(-bound, bound, generator=generator)
     probe.to(device)
-    optimizer = _adamw(probe, settings, device)
+    optimizer = adamw(probe.parameters(), device, lr=settings.lr, weight_decay=settings.weight_decay)
 
     @torch.no_grad()
     def evaluate(chosen: np.ndarray) -> tuple[float, np.ndarray]:

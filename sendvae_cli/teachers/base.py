@@ -13,6 +13,7 @@ of DINOv2, which FD_DINOv2 uses) overrides `pooled(pixels)`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import torch
@@ -28,7 +29,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
 
 
-class Teacher(nn.Module):
+class Teacher(nn.Module, ABC):
     """Base class: subclasses implement `tokens(pixels)` on normalised, resized pixels."""
 
     def __init__(self, *, name: str, width: int, patch_size: int, mean: Sequence[float], std: Sequence[float]):
@@ -69,9 +70,9 @@ class Teacher(nn.Module):
             x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
         return x
 
-    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    @abstractmethod
+    def tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """Patch tokens (B, N, D) of normalised, resized pixels, without prefix tokens."""
-        raise NotImplementedError(f"{type(self).__name__} must implement tokens()")
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

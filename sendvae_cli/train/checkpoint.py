@@ -28,8 +28,6 @@ from sendvae_cli.io import (atomic_file, fsync_file, fsync_folder, remove_stale_
 LATEST = "latest"
 
 
-
-
 def tensor_bytes(value: Any) -> int:
     """Bytes of every tensor in a (nested) state: what a checkpoint needs on disk."""
     if isinstance(value, torch.Tensor):
