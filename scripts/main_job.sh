@@ -36,7 +36,18 @@ SENDVAE=${SENDVAE:-sendvae}       # e.g. "python -m sendvae_cli" in a checkout w
 mkdir -p "$OUT/.done"
 
 # step NAME OUTPUT COMMAND...: print the command, run it unless it already finished with the
-# same command line, and record its wall time in OUT/steps.tsv.
+# same command line, and record its wall time in OUT/steps.tsv. A step that runs first forgets
+# that the steps after it finished: when train-sit continues to more steps, say, the samples of
+# the old model are never passed over as "done"; their command resumes, redoes, or refuses in one
+# line because its folder holds the old model's samples.
+STEPS="extract train-vae cache-latents train-sit sample grid reference fid probe recon"
+forget_later() {
+    local later=0 s
+    for s in $STEPS; do
+        if [ $later = 1 ]; then rm -f "$OUT/.done/$s"; fi
+        if [ "$s" = "$1" ]; then later=1; fi
+    done
+}
 step() {
     local name=$1 output=$2; shift 2
     local marker="$OUT/.done/$name"
@@ -44,6 +55,7 @@ step() {
         echo "# $name: done before ($output)"
         return
     fi
+    forget_later "$name"
     echo
     echo "\$ $*"
     local t0 t1
