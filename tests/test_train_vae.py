@@ -245,3 +245,25 @@ def test_mapper_width_flags_shape_the_mapper_and_bad_widths_are_one_line(tmp_pat
     proc = run_cli("train-vae", *TINY, "--mapper-width", "100", "--out", tmp_path / "bad", check=False)
     assert proc.returncode == 2 and "--mapper-width 100: expected a multiple of 64" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()
+
+
+def test_before_align_start_only_the_mapper_learns_from_the_teacher(tmp_path):
+    """--align-start N: until step N the mapper trains on the detached latent, so the VAE is
+    exactly the VAE of --align-weight 0 (gradient clipping off: the mapper's gradients would
+    otherwise share the clip's norm), while the mapper has learned; from step 0 it is not."""
+    short = [*TINY, "--steps", "3", "--checkpoint-every", "3", "--gan-weight", "0", "--grad-clip", "0"]
+    runs = {name: tmp_path / name for name in ("unaligned", "later", "aligned")}
+    run_cli("train-vae", *short, "--align-weight", "0", "--out", runs["unaligned"])
+    run_cli("train-vae", *short, "--align-start", "100", "--out", runs["later"])
+    run_cli("train-vae", *short, "--out", runs["aligned"])
+    final = {name: load_file(str(out / "checkpoints" / "step-000003" / "weights.safetensors"))
+             for name, out in runs.items()}
+    vae_keys = [k for k in final["unaligned"] if k.startswith("vae.")]
+    mapper_keys = [k for k in final["unaligned"] if k.startswith("mapper.")]
+    assert vae_keys and mapper_keys
+    assert all(torch.equal(final["later"][k], final["unaligned"][k]) for k in vae_keys)
+    assert not all(torch.equal(final["later"][k], final["unaligned"][k]) for k in mapper_keys)
+    assert not all(torch.equal(final["aligned"][k], final["unaligned"][k]) for k in vae_keys)
+    assert json.loads((runs["later"] / "config.json").read_text())["align_start"] == 100
+    proc = run_cli("train-vae", *short, "--align-start", "-1", "--out", tmp_path / "bad", check=False)
+    assert proc.returncode == 2 and "--align-start -1: expected a step >= 0" in proc.stderr

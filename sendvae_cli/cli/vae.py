@@ -39,6 +39,7 @@ def train_vae(
     grad_clip: Annotated[Optional[float], typer.Option(help="Gradient norm clip, 0 = off (paper: 1.0).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     ema: Annotated[Optional[float], typer.Option(help="EMA decay of the VAE weights, 0 = off (default off).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     align_weight: Annotated[Optional[float], typer.Option(help="Weight of the alignment loss (paper: 1.0).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
+    align_start: Annotated[Optional[int], typer.Option(help="Step from which the alignment shapes the encoder; before it the mapper learns on the detached latent (default 0: from the start, as the paper's fine-tuning of a pretrained VAE).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
     mapper_depth: Annotated[Optional[int], typer.Option(help="ViT blocks in the mapper; 0 = patch embedding + projector (paper: 1).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
     mapper_patch: Annotated[Optional[int], typer.Option(help="Mapper patch size (default: 16 / VAE downsampling).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
     mapper_width: Annotated[Optional[int], typer.Option(help="Width of the mapper's ViT blocks (default: the teacher's width, as in the paper).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
@@ -74,6 +75,8 @@ def train_vae(
                ("--checkpoint-every", checkpoint_every), ("--sample-every", sample_every),
                ("--stats-images", stats_images), ("--lr", lr), ("--epochs", epochs), ("--keep", keep),
                ("--mapper-width", mapper_width), ("--mapper-hidden", mapper_hidden))
+    if align_start is not None and align_start < 0:
+        raise UserError(f"--align-start {align_start}: expected a step >= 0")
     if mapper_width is not None and mapper_width % 64:
         raise UserError(f"--mapper-width {mapper_width}: expected a multiple of 64 (one attention head per 64)")
     from sendvae_cli.train.trackers import check_names
@@ -90,7 +93,8 @@ def train_vae(
     explicit = {
         "teacher": teacher, "vae": vae, "resolution": resolution, "num_images": num_images, "seed": seed,
         "steps": steps, "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch, "lr": lr,
-        "grad_clip": grad_clip, "ema": ema, "align_weight": align_weight, "mapper_depth": mapper_depth,
+        "grad_clip": grad_clip, "ema": ema, "align_weight": align_weight, "align_start": align_start,
+        "mapper_depth": mapper_depth,
         "mapper_patch": mapper_patch, "mapper_width": mapper_width, "mapper_hidden": mapper_hidden,
         "noise": False if no_noise else None, "recon": recon,
         "lpips_weight": lpips_weight, "kl_weight": kl_weight, "gan_weight": gan_weight, "disc_start": disc_start,

@@ -15,7 +15,7 @@ from sendvae_cli.train.run_config import resolve
 
 COMMON = {
     "seed": 0, "num_images": None, "lr": 3e-4, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0,
-    "grad_clip": 1.0, "align_weight": 1.0, "mapper_depth": 1, "mapper_patch": None, "mapper_width": None,
+    "grad_clip": 1.0, "align_weight": 1.0, "align_start": 0, "mapper_depth": 1, "mapper_patch": None, "mapper_width": None,
     "mapper_hidden": 2048, "noise": True,
     "recon": "l1", "recon_weight": 1.0, "lpips_weight": 1.0, "kl_weight": 1e-6, "gan_weight": 0.1,
     "disc_start": 0, "disc_lr": 1e-4, "ema": 0.0, "precision": "auto", "keep_checkpoints": 2,
@@ -44,6 +44,7 @@ class VAETrainConfig(TrainConfig):
     random_weights: bool = False
     # Send-VAE mapper and alignment
     align_weight: float = 1.0
+    align_start: int = 0  # before this step the mapper learns on the detached latent
     mapper_depth: int = 1
     mapper_patch: int | None = None
     mapper_width: int | None = None  # None: the teacher's width (paper)

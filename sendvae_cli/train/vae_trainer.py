@@ -4,6 +4,7 @@ One optimizer step (the loop around it, resuming and DDP are `train/loop.py`'s):
     for each micro-batch (gradient accumulation keeps the global batch on fewer GPUs):
         posterior = VAE.encode(x); z = sample; x_hat = VAE.decode(z)
         L = L_VAE(x, x_hat, posterior) + align_weight * (1 - cos(mapper(z), teacher(x)))
+        (before --align-start, mapper(z.detach()): the mapper learns, the encoder does not follow)
     clip, AdamW step (VAE + mapper); then the discriminator's hinge step on the same batch.
 Everything that decides the result (weights, both optimizers, EMA, data position) is in each
 checkpoint, and the random numbers of a micro-batch (posterior sample, noise injection) come from
@@ -46,10 +47,12 @@ class SendVAE(nn.Module):
         self.vae = vae
         self.mapper = mapper
 
-    def forward(self, images: torch.Tensor):
+    def forward(self, images: torch.Tensor, align_encoder: bool = True):
+        """(reconstruction, posterior, mapper tokens). With align_encoder False the mapper sees the
+        latent detached: it learns to predict the teacher while only L_VAE shapes the encoder."""
         posterior = self.vae.encode(images)
         z = posterior.sample()
-        return self.vae.decode(z), posterior, self.mapper(z)
+        return self.vae.decode(z), posterior, self.mapper(z if align_encoder else z.detach())
 
 
 class Indexed(torch.utils.data.Dataset):
@@ -171,7 +174,7 @@ class VAETrainer(loop.Trainer):
         target = self.targets(x, indices)
         with ctx.sync(self.model):
             with ctx.autocast():
-                recon, posterior, predicted = self.model(x)
+                recon, posterior, predicted = self.model(x, align_encoder=ctx.step >= self.config.align_start)
             terms = loss_fn.generator_loss(x, recon, posterior, ctx.step)
             align = alignment_loss(predicted, target)
             total = terms["loss"] + self.config.align_weight * align
