@@ -18,7 +18,9 @@ them resume, so rerunning this script continues where it stopped.
     python benchmarks/toy_claim.py --out runs/toy-claim --seeds 0 1 2 --vae-steps 4000 \\
         --sit-steps 20000 --num-samples 1000 --device cuda                    # GPU scale
 
-It prints a table (mean and spread over seeds per arm) and writes OUT/toy_claim.json. Not part
+It prints a table (mean and spread over seeds per arm) and writes OUT/toy_claim.json. Beside FD,
+probe and PSNR, `shape_judge.py`'s CNN (trained once on real shapes, in OUT/judge) scores the
+share of samples that show their class and of reconstructions that keep their colour. Not part
 of CI: at the default scale (two arms, two seeds) it takes 30 to 50 minutes on 2 CPU cores.
 """
 
@@ -36,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from main_job_report import _fd, write_reference  # noqa: E402  (the same reference as the main job)
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import shape_judge  # noqa: E402
 
 HELD_OUT_SEED = 1000  # recon's images: a draw of shapes that no training run uses
 ARMS = {
@@ -143,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--vae-arg", dest="vae_args", action="append", default=[], help="extra train-vae argument (repeat)")
     p.add_argument("--sit-arg", dest="sit_args", action="append", default=[], help="extra train-sit argument (repeat)")
+    p.add_argument("--no-judge", dest="judge", action="store_false",
+                   help="skip benchmarks/shape_judge.py's scores (samples of their class, recon colour kept)")
     p.add_argument("--sendvae", default=f"{shlex.quote(sys.executable)} -m sendvae_cli")
     args = p.parse_args(argv)
     if args.vae_precision is None:
@@ -154,14 +160,23 @@ def main(argv: list[str] | None = None) -> int:
     ref = args.out / "shapes-ref.npz"
     write_reference(ref, args.ref_images, 64)
     rows = [one_run(args, arm, seed, ref) for arm in args.arms for seed in args.seeds]
+    if args.judge:  # does a sample show its class, does a reconstruction keep its colour
+        judge = shape_judge.train_judge(args.out / "judge", steps=800, images=8000)
+        for r in rows:
+            out = Path(r["out"])
+            r["sample_class_accuracy"] = shape_judge.score_samples(judge, out / "samples" / "samples.npz")["class_accuracy"]
+            r["recon_colour_accuracy"] = shape_judge.score_vae(judge, out / "vae" / "export", 256)["colour_accuracy"]
 
     fd_name = rows[0]["fd_name"]
-    print(f"\n{'arm':<10} {fd_name + ' (lower is better)':<40} {'probe macro-F1':<40} PSNR (dB)")
+    columns = {"fd": fd_name + " (lower is better)", "probe_macro_f1": "probe macro-F1", "psnr": "PSNR (dB)"}
+    if args.judge:
+        columns |= {"sample_class_accuracy": "samples of their class", "recon_colour_accuracy": "recon colour kept"}
+    print("\n" + f"{'arm':<10} " + " ".join(f"{title:<36}" for title in columns.values()))
     table = {}
     for arm in args.arms:
         mine = [r for r in rows if r["arm"] == arm]
-        table[arm] = {k: spread([r[k] for r in mine]) for k in ("fd", "probe_macro_f1", "psnr")}
-        print(f"{arm:<10} {table[arm]['fd']:<40} {table[arm]['probe_macro_f1']:<40} {table[arm]['psnr']}")
+        table[arm] = {k: spread([r[k] for r in mine]) for k in columns}
+        print(f"{arm:<10} " + " ".join(f"{table[arm][k]:<36}" for k in columns))
     result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "runs": rows, "table": table}
     (args.out / "toy_claim.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

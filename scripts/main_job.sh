@@ -21,6 +21,9 @@ TEACHER=${TEACHER:-tv-mobilenet-v2}
 # VAE gets twice the steps in the same minutes. Elsewhere fp32 and the preset's 400 steps.
 VAE_PRECISION=${VAE_PRECISION:-$(grep -qsw amx_bf16 /proc/cpuinfo && echo bf16 || echo fp32)}
 VAE_STEPS=${VAE_STEPS:-$([ "$VAE_PRECISION" = bf16 ] && echo 800 || echo 400)}
+# The alignment shapes the encoder from half-way (the tiny preset's rule): the VAE first learns to
+# reconstruct, as the paper's pretrained VAE already does when its alignment starts.
+ALIGN_START=${ALIGN_START:-$((VAE_STEPS / 2))}
 SIT_STEPS=${SIT_STEPS:-2000}
 SIT_MODEL=${SIT_MODEL:-SiT-mini/4}  # /4: the 16x16 latent of the tiny preset's VAE -> 4x4 tokens, the teacher's grid
 NUM_IMAGES=${NUM_IMAGES:-2000}    # training rows (the first N of shapes)
@@ -75,7 +78,8 @@ step extract "$OUT/teacher.h5" \
 #    noise injection (the tiny preset: 64 px; LPIPS off, its VGG16 weights would need a download).
 step train-vae "$OUT/vae/export" \
     $SENDVAE train-vae shapes --preset tiny --teacher "$TEACHER" --teacher-features "$OUT/teacher.h5" \
-    --lpips-weight 0 --num-images "$NUM_IMAGES" --steps "$VAE_STEPS" --precision "$VAE_PRECISION" --out "$OUT/vae"
+    --lpips-weight 0 --num-images "$NUM_IMAGES" --steps "$VAE_STEPS" --align-start "$ALIGN_START" \
+    --precision "$VAE_PRECISION" --out "$OUT/vae"
 
 # 3. Its latents (posterior mean and std) of the training images, with whole-set statistics.
 step cache-latents "$OUT/latents.h5" \

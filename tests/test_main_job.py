@@ -39,6 +39,7 @@ def test_the_chain_runs_end_to_end_and_a_rerun_does_nothing(tmp_path):
         assert f"-m sendvae_cli {command} " in first.stdout
     # The VAE's precision is chosen for this CPU and shown in its command line.
     assert any(f"--precision {p} " in first.stdout for p in ("bf16", "fp32"))
+    assert "--steps 4 --align-start 2 " in first.stdout  # the alignment starts half-way
     summary = json.loads((out / "summary.json").read_text())
     assert [s["step"] for s in summary["steps"]] == STEPS
     assert all(s["seconds"] > 0 and s["output"] for s in summary["steps"])
