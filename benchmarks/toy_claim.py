@@ -3,7 +3,8 @@ generator trained on its latent, at equal steps?
 
 Arms (same data, same steps, same SiT, same seeds; only the VAE's alignment differs):
 
-    aligned     train-vae as the paper: alignment weight 1, noise injection on
+    aligned     train-vae as the main job: the tiny preset's alignment (weight 0.3, from half-way),
+                noise injection on
     unaligned   the same with --align-weight 0 (the mapper gets no weight in the loss)
     no-noise    aligned without noise injection (--no-noise; optional, --arms)
 
@@ -87,6 +88,7 @@ def one_run(args, arm: str, seed: int, ref: Path) -> dict:
         "train-vae", "shapes", "--preset", "tiny", "--teacher", args.teacher, "--teacher-features", str(tokens),
         "--lpips-weight", "0",
         "--num-images", str(args.num_images), "--steps", str(args.vae_steps), "--precision", args.vae_precision,
+        "--align-start", str(args.vae_steps // 2),
         "--seed", str(seed),
         *ARMS[arm], *args.vae_args, *common, "--out", str(out / "vae")], log)
     seconds["cache-latents"] = run(sendvae + [
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     write_reference(ref, args.ref_images, 64)
     rows = [one_run(args, arm, seed, ref) for arm in args.arms for seed in args.seeds]
     if args.judge:  # does a sample show its class, does a reconstruction keep its colour
-        judge = shape_judge.train_judge(args.out / "judge", steps=800, images=8000)
+        judge = shape_judge.train_judge(args.out / "judge", shape_judge.STEPS, shape_judge.IMAGES)
         for r in rows:
             out = Path(r["out"])
             r["sample_class_accuracy"] = shape_judge.score_samples(judge, out / "samples" / "samples.npz")["class_accuracy"]
