@@ -255,7 +255,7 @@ def test_before_align_start_only_the_mapper_learns_from_the_teacher(tmp_path):
     runs = {name: tmp_path / name for name in ("unaligned", "later", "aligned")}
     run_cli("train-vae", *short, "--align-weight", "0", "--out", runs["unaligned"])
     run_cli("train-vae", *short, "--align-start", "100", "--out", runs["later"])
-    run_cli("train-vae", *short, "--out", runs["aligned"])
+    run_cli("train-vae", *short, "--align-start", "0", "--out", runs["aligned"])
     final = {name: load_file(str(out / "checkpoints" / "step-000003" / "weights.safetensors"))
              for name, out in runs.items()}
     vae_keys = [k for k in final["unaligned"] if k.startswith("vae.")]
