@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=IMAGES, help="real rows the judge trains on")
     p.add_argument("--json", type=Path, help="also write the scores here")
     args = p.parse_args(argv)
+    for path in [*args.samples, *args.vae]:
+        if not path.exists():
+            p.error(f"{path}: no such file or folder")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     judge = train_judge(args.out, args.steps, args.images)
     scores = [score_samples(judge, path) for path in args.samples]
