@@ -147,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     for path in [*args.samples, *args.vae]:
         if not path.exists():
             p.error(f"{path}: no such file or folder")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     judge = train_judge(args.out, args.steps, args.images)
     scores = [score_samples(judge, path) for path in args.samples]
     scores += [score_vae(judge, path, args.recon_rows) for path in args.vae]

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -195,15 +196,16 @@ class StepContext:
         return module.no_sync()
 
 
-class Trainer:
+class Trainer(ABC):
     """Subclass and fill in; see the module docstring."""
 
     name = "train"
     config: TrainConfig
     collate = None  # the DataLoader's collate_fn; a module-level function, so that it travels to workers
 
+    @abstractmethod
     def rows(self) -> torch.utils.data.Dataset:
-        raise NotImplementedError
+        ...
 
     def batch_sampler(self, num_rows: int, micro_batch: int, world: int, rank: int, accumulation: int, *,
                       seed: int, start_step: int) -> torch.utils.data.Sampler:
@@ -213,17 +215,20 @@ class Trainer:
     def data_facts(self) -> dict[str, Any]:
         return {}
 
+    @abstractmethod
     def build(self, ctx: StepContext) -> Parts:
-        raise NotImplementedError
+        ...
 
     def prepare(self, ctx: StepContext) -> None:
         """After resuming: DDP-wrap what needs it (when ctx.dist.world > 1), build what uses it."""
 
+    @abstractmethod
     def micro_step(self, batch, ctx: StepContext) -> Mapping[str, torch.Tensor]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def optimizer_step(self, ctx: StepContext) -> Mapping[str, float]:
-        raise NotImplementedError
+        ...
 
     def describe(self, row: Mapping[str, float]) -> str:
         return self.name
