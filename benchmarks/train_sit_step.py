@@ -85,6 +85,7 @@ def repae_step_fn(repae: Path, args, channels: int, size: int, teacher_width: in
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
     mean, std, labels, tokens = batch
     loss_kwargs = dict(weighting="uniform", path_type="linear", prediction="v", align_only=False)
+    steps_done = [0]
 
     def step():
         model.train()
@@ -98,7 +99,8 @@ def repae_step_fn(repae: Path, args, channels: int, size: int, teacher_width: in
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        ema.update(model)
+        ema.update(model, steps_done[0])
+        steps_done[0] += 1
 
     return step, sum(p.numel() for p in model.parameters())
 
@@ -159,6 +161,7 @@ def main() -> None:
     p.add_argument("--latent", default="32x16x16", help="C x H x W of the latents (paper: 32x16x16, f16d32 at 256 px)")
     p.add_argument("--teacher-width", type=int, default=768, help="teacher token width (DINOv2-B: 768)")
     p.add_argument("--encoder-depth", type=int, default=4)
+    p.add_argument("--projector-width", type=int, default=None, help="REPA projector's hidden width (default: the model's 2048)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
@@ -197,7 +200,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = build_sit(args.model, input_size=height, in_channels=channels, num_classes=args.num_classes,
-                      projector_dims=[args.teacher_width], encoder_depth=args.encoder_depth).to(device).train()
+                      projector_dims=[args.teacher_width], encoder_depth=args.encoder_depth,
+                      **({"projector_width": args.projector_width} if args.projector_width else {})).to(device).train()
     tokens_n = (height // model.patch_size) * (width // model.patch_size)
     g = torch.Generator().manual_seed(0)
     mean = torch.randn(args.batch, channels, height, width, generator=g).half().to(device)
@@ -225,7 +229,7 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        ema.update(model)
+        ema.update(model, counter["step"])
         counter["step"] += 1
 
     # The bare model: forward + backward + AdamW on a fixed input.
