@@ -49,7 +49,8 @@ def reference(caches, tmp_path_factory):
 
 def test_run_folder_holds_config_metrics_grids_checkpoints_and_export(reference):
     config = json.loads((reference / "config.json").read_text())
-    assert config["model"] == "SiT-tiny/1" and config["total_steps"] == 12 and config["lr"] == 1e-3
+    assert config["model"] == "SiT-tiny/1" and config["total_steps"] == 12
+    assert config["lr"] == 3e-3 and config["time_schedule"] == "lognormal"  # the tiny preset's
     assert config["flip"] is True and config["conditional"] is True and config["num_classes"] == 5
     assert config["attention_backend"] in ("sdpa", "xformers")
     assert (reference / "checkpoints" / "latest").read_text() == "step-000012"
