@@ -39,17 +39,32 @@ SENDVAE=${SENDVAE:-sendvae}       # e.g. "python -m sendvae_cli" in a checkout w
 mkdir -p "$OUT/.done"
 
 # step NAME OUTPUT COMMAND...: print the command, run it unless it already finished with the
-# same command line, and record its wall time in OUT/steps.tsv. A step that runs first forgets
-# that the steps after it finished: when train-sit continues to more steps, say, the samples of
-# the old model are never passed over as "done"; their command resumes, redoes, or refuses in one
-# line because its folder holds the old model's samples.
-STEPS="extract train-vae cache-latents train-sit sample grid reference fid probe recon"
-forget_later() {
-    local later=0 s
-    for s in $STEPS; do
-        if [ $later = 1 ]; then rm -f "$OUT/.done/$s"; fi
-        if [ "$s" = "$1" ]; then later=1; fi
+# same command line, and record its wall time in OUT/steps.tsv. A step that runs marks the steps
+# that read its output as stale, and theirs in turn: their outputs came from its old output, so
+# they are removed and made again even though their own command did not change. When train-sit
+# continues to more steps (SIT_STEPS=6000 after a first run), say, the old model's samples, grid
+# and FD are made again from the new model; the VAE, its latents, probe and recon stay.
+used_by() {
+    case $1 in
+        extract) echo "train-vae train-sit" ;;
+        train-vae) echo "cache-latents sample grid probe recon" ;;
+        cache-latents) echo "train-sit" ;;
+        train-sit) echo "sample grid" ;;
+        sample | reference) echo "fid" ;;
+    esac
+}
+mark_stale_after() {
+    local s
+    for s in $(used_by "$1"); do
+        if [ -f "$OUT/.done/$s" ]; then mv "$OUT/.done/$s" "$OUT/.done/$s.stale"; fi
+        mark_stale_after "$s"
     done
+}
+# What a step wrote: the folder (OUT/samples for OUT/samples/samples.npz), or the file and its
+# .json companion when it writes straight into OUT.
+remove_output() {
+    local output=$1
+    if [ "$(dirname "$output")" = "$OUT" ]; then rm -f "$output" "$output.json"; else rm -rf "$(dirname "$output")"; fi
 }
 step() {
     local name=$1 output=$2; shift 2
@@ -58,7 +73,12 @@ step() {
         echo "# $name: done before ($output)"
         return
     fi
-    forget_later "$name"
+    if [ -f "$marker.stale" ]; then
+        echo "# $name: made from an earlier step's old output; removing it ($output) and running again"
+        remove_output "$output"
+    fi
+    rm -f "$marker.stale"
+    mark_stale_after "$name"
     echo
     echo "\$ $*"
     local t0 t1

@@ -54,12 +54,13 @@ def _fd(fid: dict | None) -> tuple[str, float | None]:
 
 
 def collect(out: Path) -> dict:
-    steps = []
+    by_name: dict[str, dict] = {}  # a step run again (a continued train-sit) keeps its place, with its last time
     table = out / "steps.tsv"
     if table.is_file():
         for line in table.read_text().splitlines():
             name, output, seconds = line.split("\t")[:3]
-            steps = [s for s in steps if s["step"] != name] + [{"step": name, "output": output, "seconds": float(seconds)}]
+            by_name[name] = {"step": name, "output": output, "seconds": float(seconds)}
+    steps = list(by_name.values())
     fid = _read_json(out / "samples" / "samples.npz.fid.json") or _read_json(out / "fid.json")
     fd_name, fd = _fd(fid)
     probe = _read_json(out / "probe" / "probe.json")

@@ -1,5 +1,5 @@
-"""The README's main job (scripts/main_job.sh) runs end to end at a smaller size, and a rerun
-does nothing.
+"""The README's main job (scripts/main_job.sh) runs end to end at a smaller size, a rerun does
+nothing, and a rerun with more SiT steps continues the generator and remakes only what it fed.
 
 Slow (a few minutes on 2 cores: every command of the chain starts a Python process and loads the
 real MobileNetV2 teacher); run with `-m slow`.
@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["extract", "train-vae", "cache-latents", "train-sit", "sample", "grid", "reference", "fid", "probe", "recon"]
 
 
-def run_job(out: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OUT=str(out), VAE_STEPS="4", SIT_STEPS="4", NUM_IMAGES="48", NUM_SAMPLES="10",
+def run_job(out: Path, sit_steps: int = 4) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OUT=str(out), VAE_STEPS="4", SIT_STEPS=str(sit_steps), NUM_IMAGES="48", NUM_SAMPLES="10",
                REF_IMAGES="20", PROBE_IMAGES="200", RECON_IMAGES="8", SAMPLE_STEPS="3",
                SENDVAE=f"{sys.executable} -m sendvae_cli", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` of this venv
@@ -56,3 +56,15 @@ def test_the_chain_runs_end_to_end_and_a_rerun_does_nothing(tmp_path):
     assert all(f"# {step}: done before" in again.stdout for step in STEPS)
     assert "-m sendvae_cli train-vae " not in again.stdout
     assert json.loads((out / "summary.json").read_text())["steps"] == summary["steps"]
+
+    # More generator steps: train-sit continues where it stopped; the samples, the grid and the FD
+    # of the old model are removed and made again; the VAE, the reference, probe and recon stay.
+    old_samples = (out / "samples" / "samples.npz").read_bytes()
+    longer = run_job(out, sit_steps=8)
+    assert longer.returncode == 0, longer.stdout[-3000:] + longer.stderr[-3000:]
+    assert "continuing at step 4 of 8" in longer.stdout + longer.stderr
+    remade = ["sample", "grid", "fid"]
+    assert all(f"# {step}: made from an earlier step's old output" in longer.stdout for step in remade)
+    assert all(f"# {step}: done before" in longer.stdout for step in STEPS if step not in remade + ["train-sit"])
+    assert (out / "samples" / "samples.npz").read_bytes() != old_samples
+    assert [s["step"] for s in json.loads((out / "summary.json").read_text())["steps"]] == STEPS
