@@ -13,8 +13,16 @@ and then scores:
                         PSNR, and the share whose shape and whose colour the judge still reads
                         right (on the originals it reads all of them)
 
+    --regenerate RUN --latents H5
+                        where along the flow a generator falls short: the first rows of the
+                        latent cache it trained on, noised to flow time t (--times), integrated
+                        back to 0 with its own velocity (Euler, CFG --cfg) and decoded; the share
+                        whose shape the judge reads as the row's label, for each t. From t = 0 it
+                        is the VAE's; from t = 1 it is plain sampling with those labels
+
     python benchmarks/shape_judge.py --out runs/judge --samples runs/main/samples/samples.npz \\
         --vae runs/main/vae/export
+    python benchmarks/shape_judge.py --out runs/judge --regenerate runs/main/sit --latents runs/main/latents.h5
 
 The judge is trained once per OUT (weights in OUT/judge.safetensors, its held-out accuracy in
 OUT/judge.json; about 4 minutes on 2 CPU cores) and read back on later calls.
@@ -134,6 +142,44 @@ def score_vae(judge: Judge, export: Path, rows: int) -> dict:
             "colour_accuracy": round(float((c == colour).float().mean()), 4)}
 
 
+@torch.no_grad()
+def score_regeneration(judge: Judge, run: Path, latents: Path, rows: int, times: list[float], cfg: float,
+                       steps: int = 25) -> dict:
+    """The judge's shape accuracy on training latents noised to each t and integrated back to 0."""
+    import h5py
+
+    from sendvae_cli.generate.source import open_generator
+
+    gen = open_generator(run)
+    model, vae = gen.model.float().eval(), gen.vae.float().eval()
+    mu, sigma = gen.latent_mean.view(1, -1, 1, 1), gen.latent_std.view(1, -1, 1, 1)
+    with h5py.File(latents, "r") as cache:
+        mean = torch.from_numpy(cache["mean"][:rows].astype(np.float32))
+        labels = torch.from_numpy(cache["labels"][:rows].astype(np.int64))
+    z = (mean - mu) / sigma  # the posterior mean, normalised as the model saw it
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
+    null = torch.full_like(labels, gen.num_classes)
+    accuracy = {}
+    for t0 in times:
+        x = (1 - t0) * z + t0 * noise
+        grid = torch.linspace(t0, 0.0, max(1, round(steps * t0)) + 1)
+        for t, t_next in zip(grid[:-1], grid[1:]):
+            if t0 == 0:
+                break
+            tb = t.expand(len(x))
+            if cfg == 1:
+                v = model(x, tb, labels)
+            else:
+                v_cond, v_null = model(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([labels, null])).chunk(2)
+                v = v_null + cfg * (v_cond - v_null)
+            x = x + (t_next - t) * v
+        images = torch.cat([vae.decode(x[lo:lo + 64] * sigma + mu) for lo in range(0, rows, 64)])
+        shape, _ = predict(judge, ((images.clamp(-1, 1) + 1) * 127.5).round())
+        accuracy[f"{t0:g}"] = round(float((shape == labels).float().mean()), 4)
+    return {"regenerate": str(run), "latents": str(latents), "rows": rows, "cfg": cfg,
+            "shape_accuracy_from_t": accuracy}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Shape/colour judge for the toy scale's samples and reconstructions.")
     p.add_argument("--out", type=Path, default=Path("runs/judge"))
@@ -142,14 +188,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recon-rows", type=int, default=256)
     p.add_argument("--steps", type=int, default=STEPS, help="judge training steps (batch 64)")
     p.add_argument("--images", type=int, default=IMAGES, help="real rows the judge trains on")
+    p.add_argument("--regenerate", type=Path, nargs="*", default=[], help="train-sit runs or exports")
+    p.add_argument("--latents", type=Path, help="the latent cache the --regenerate runs trained on")
+    p.add_argument("--times", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.85, 1.0])
+    p.add_argument("--cfg", type=float, default=4.0, help="guidance for --regenerate (the main job's)")
+    p.add_argument("--regenerate-rows", type=int, default=250)
     p.add_argument("--json", type=Path, help="also write the scores here")
     args = p.parse_args(argv)
-    for path in [*args.samples, *args.vae]:
+    if args.regenerate and args.latents is None:
+        p.error("--regenerate needs --latents: the latent cache the run trained on")
+    if any(not 0 <= t <= 1 for t in args.times):
+        p.error(f"--times {' '.join(map(str, args.times))}: expected flow times in [0, 1]")
+    for path in [*args.samples, *args.vae, *args.regenerate, *([args.latents] if args.regenerate else [])]:
         if not path.exists():
             p.error(f"{path}: no such file or folder")
     judge = train_judge(args.out, args.steps, args.images)
     scores = [score_samples(judge, path) for path in args.samples]
     scores += [score_vae(judge, path, args.recon_rows) for path in args.vae]
+    scores += [score_regeneration(judge, run, args.latents, args.regenerate_rows, args.times, args.cfg)
+               for run in args.regenerate]
     for row in scores:
         print(json.dumps(row, sort_keys=True))
     if args.json:
