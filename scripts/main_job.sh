@@ -10,6 +10,8 @@
 # Rerunning the script skips the steps that finished (every command also resumes by itself).
 #
 #   scripts/main_job.sh                 # into runs/main
+#   SIT_STEPS=6000 scripts/main_job.sh  # then: the generator continues to 6,000 steps, and its
+#                                       # samples, grid and FD are made again
 #   OUT=runs/small VAE_STEPS=20 SIT_STEPS=20 NUM_SAMPLES=20 scripts/main_job.sh   # a quick check
 set -euo pipefail
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # every weight this job reads is local: never wait on the hub
