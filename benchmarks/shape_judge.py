@@ -148,6 +148,7 @@ def score_regeneration(judge: Judge, run: Path, latents: Path, rows: int, times:
     """The judge's shape accuracy on training latents noised to each t and integrated back to 0."""
     import h5py
 
+    from sendvae_cli.flow.samplers import ode_sample
     from sendvae_cli.generate.source import open_generator
 
     gen = open_generator(run)
@@ -158,21 +159,12 @@ def score_regeneration(judge: Judge, run: Path, latents: Path, rows: int, times:
         labels = torch.from_numpy(cache["labels"][:rows].astype(np.int64))
     z = (mean - mu) / sigma  # the posterior mean, normalised as the model saw it
     noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))
-    null = torch.full_like(labels, gen.num_classes)
     accuracy = {}
     for t0 in times:
         x = (1 - t0) * z + t0 * noise
-        grid = torch.linspace(t0, 0.0, max(1, round(steps * t0)) + 1)
-        for t, t_next in zip(grid[:-1], grid[1:]):
-            if t0 == 0:
-                break
-            tb = t.expand(len(x))
-            if cfg == 1:
-                v = model(x, tb, labels)
-            else:
-                v_cond, v_null = model(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([labels, null])).chunk(2)
-                v = v_null + cfg * (v_cond - v_null)
-            x = x + (t_next - t) * v
+        if t0 > 0:  # the sampler's uniform grid from t0, as many steps per unit of time as `steps` from 1
+            x = ode_sample(model, x, labels, steps=max(1, round(steps * t0)), cfg_scale=cfg,
+                           num_classes=gen.num_classes, start=t0).float()
         images = torch.cat([vae.decode(x[lo:lo + 64] * sigma + mu) for lo in range(0, rows, 64)])
         shape, _ = predict(judge, ((images.clamp(-1, 1) + 1) * 127.5).round())
         accuracy[f"{t0:g}"] = round(float((shape == labels).float().mean()), 4)

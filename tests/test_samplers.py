@@ -76,6 +76,22 @@ def test_fixture_covers_the_protocol():
 
 def test_time_grids():
     assert ode_times(4).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert ode_times(2, start=0.5).tolist() == [0.5, 0.25, 0.0]
+
+
+def test_ode_from_a_point_on_the_path_integrates_from_there():
+    """From x_t = (1 - t) x + t eps, the exact velocity eps - x brings Euler back to x."""
+    x, eps = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    times = []
+
+    def model_fn(state, t, y):
+        times.append(float(t[0]))
+        return (eps - x).to(state.dtype)
+
+    start = 0.6
+    out = ode_sample(model_fn, (1 - start) * x + start * eps, None, steps=3, start=start)
+    assert times == pytest.approx([0.6, 0.4, 0.2])
+    assert torch.allclose(out.float(), x, atol=1e-5)
     grid = sde_times(250)
     assert len(grid) == 251 and grid[0] == 1.0 and grid[-2] == pytest.approx(0.04) and grid[-1] == 0.0
 

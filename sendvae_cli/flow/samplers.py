@@ -35,9 +35,9 @@ SDE_LAST_TIME = 0.04  # where the stochastic steps stop and the final mean step 
 #                                  Time grids                                   #
 #################################################################################
 
-def ode_times(steps: int) -> torch.Tensor:
-    """steps + 1 float64 times from 1 to 0."""
-    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+def ode_times(steps: int, start: float = 1.0) -> torch.Tensor:
+    """steps + 1 float64 times from `start` (1: pure noise) to 0."""
+    return torch.linspace(start, 0.0, steps + 1, dtype=torch.float64)
 
 
 def sde_times(steps: int) -> torch.Tensor:
@@ -105,11 +105,12 @@ class _Guidance:
 @torch.no_grad()
 def ode_sample(model_fn: ModelFn, x1: torch.Tensor, y, *, steps: int = 50, heun: bool = False,
                cfg_scale: float = 1.0, guidance_low: float = 0.0, guidance_high: float = 1.0,
-               num_classes: int = 1000) -> torch.Tensor:
-    """Integrate dx/dt = v from x1 (noise, t = 1) to t = 0; returns float64 latents."""
+               num_classes: int = 1000, start: float = 1.0) -> torch.Tensor:
+    """Integrate dx/dt = v from x1 (noise, t = 1; or the path's point at t = `start`) to t = 0;
+    returns float64 latents."""
     guide = _Guidance(model_fn, y, cfg_scale=cfg_scale, guidance_low=guidance_low,
                       guidance_high=guidance_high, num_classes=num_classes, model_dtype=x1.dtype)
-    times = ode_times(steps)
+    times = ode_times(steps, start)
     x = x1.to(torch.float64)
     for i in range(steps):
         t, t_next = times[i], times[i + 1]
