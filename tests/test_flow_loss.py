@@ -35,6 +35,10 @@ def test_time_schedules():
     # t = sigma / (1 + sigma) with log sigma ~ N(0, 1): the median time is 0.5, logit(t) ~ N(0, 1).
     logit = torch.log(ln / (1 - ln))
     assert abs(logit.mean()) < 0.03 and abs(logit.std() - 1) < 0.03
+    # A mean above 0 moves the times toward the noise: the median is sigmoid(mean).
+    shifted = sample_time(20_000, schedule="lognormal", generator=g, mean=0.5)
+    assert abs(torch.log(shifted / (1 - shifted)).mean() - 0.5) < 0.03
+    assert abs(shifted.median() - torch.sigmoid(torch.tensor(0.5))) < 0.01
     with pytest.raises(ValueError, match="uniform, lognormal"):
         sample_time(2, schedule="cosine")
 

@@ -50,7 +50,7 @@ def reference(caches, tmp_path_factory):
 def test_run_folder_holds_config_metrics_grids_checkpoints_and_export(reference):
     config = json.loads((reference / "config.json").read_text())
     assert config["model"] == "SiT-tiny/1" and config["total_steps"] == 12
-    assert config["lr"] == 3e-3 and config["time_schedule"] == "lognormal"  # the tiny preset's
+    assert config["lr"] == 3e-3 and config["time_schedule"] == "lognormal" and config["time_mean"] == 0.5  # tiny's
     assert config["flip"] is True and config["conditional"] is True and config["num_classes"] == 5
     assert config["attention_backend"] in ("sdpa", "xformers")
     assert (reference / "checkpoints" / "latest").read_text() == "step-000012"
@@ -203,3 +203,10 @@ def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(caches, reference,
     # REPA without a source of teacher tokens.
     proc = invoke("train-sit", *args, "--out", tmp_path / "e")
     one_line_error(proc, "--teacher-features", "--images", "--proj-weight 0")
+    # Centring flow times that are not lognormal; a beta2 outside [0, 1).
+    proc = invoke("train-sit", *tiny(latents), "--time-schedule", "uniform", "--time-mean", "1",
+                  "--out", tmp_path / "f")
+    one_line_error(proc, "--time-mean 1.0", "uniform", "--time-schedule lognormal")
+    proc = invoke("train-sit", *tiny(latents), "--beta2", "1.5", "--out", tmp_path / "g")
+    one_line_error(proc, "--beta2 1.5", "[0, 1)")
+    assert not (tmp_path / "f").exists() and not (tmp_path / "g").exists()

@@ -49,10 +49,12 @@ def train_sit(
     epochs: Annotated[Optional[float], typer.Option(help="Passes over the cache instead of --steps.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch (paper: 256), kept on any number of processes by gradient accumulation.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     micro_batch: Annotated[Optional[int], typer.Option(help="Latents per forward pass and process (paper preset: 64).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", "--learning-rate", help="AdamW learning rate (paper: 1e-4; betas 0.9, 0.999, no weight decay).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", "--learning-rate", help="AdamW learning rate (paper: 1e-4, no weight decay).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    beta2: Annotated[Optional[float], typer.Option("--beta2", "--adam-beta2", help="AdamW's second-moment decay (paper: 0.999; tiny: 0.99, which follows a high learning rate's gradients sooner). beta1 is 0.9.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", "--max-grad-norm", help="Gradient norm clip, 0 = off (paper: 1.0).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     ema: Annotated[Optional[float], typer.Option(help="EMA decay (paper: 0.9999; tiny: 0.999).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
-    time_schedule: Annotated[Optional[str], typer.Option("--time-schedule", "--weighting", help="Flow times: uniform (paper) or lognormal.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    time_schedule: Annotated[Optional[str], typer.Option("--time-schedule", "--weighting", help="Flow times: uniform (paper) or lognormal: log(t / (1 - t)) ~ N(--time-mean, 1).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    time_mean: Annotated[Optional[float], typer.Option("--time-mean", help="Centre of lognormal times: 0 = t of 0.5; above 0 spends more steps near the noise, where a sample's layout is decided (tiny: 0.5).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.", rich_help_panel=o.RUN_PANEL)] = False,
     log_every: Annotated[Optional[int], typer.Option(help="Steps between metrics.jsonl rows.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option("--checkpoint-every", "--checkpointing-steps", help="Steps between checkpoints (each also refreshes OUT/export).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
@@ -84,7 +86,7 @@ def train_sit(
     for name, value in (("--proj-weight", proj_weight), ("--grad-clip", grad_clip)):
         if value is not None and value < 0:
             raise UserError(f"{name} {value}: expected 0 or more")
-    for name, value in (("--cfg-prob", cfg_prob), ("--ema", ema)):
+    for name, value in (("--cfg-prob", cfg_prob), ("--ema", ema), ("--beta2", beta2)):
         if value is not None and not 0 <= value < 1:
             raise UserError(f"{name} {value}: expected a number in [0, 1)")
     if time_schedule is not None and time_schedule not in ("uniform", "lognormal"):
@@ -101,7 +103,8 @@ def train_sit(
         "model": model, "teacher": teacher, "proj_weight": proj_weight, "encoder_depth": encoder_depth,
         "cfg_prob": cfg_prob, "qk_norm": qk_norm, "attention": attention, "num_classes": num_classes, "flip": flip,
         "seed": seed, "steps": steps, "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch,
-        "lr": lr, "grad_clip": grad_clip, "ema": ema, "time_schedule": time_schedule, "log_every": log_every,
+        "lr": lr, "beta2": beta2, "grad_clip": grad_clip, "ema": ema, "time_schedule": time_schedule,
+        "time_mean": time_mean, "log_every": log_every,
         "checkpoint_every": checkpoint_every, "sample_every": sample_every, "preview_count": preview_count,
         "preview_steps": preview_steps, "preview_cfg": preview_cfg, "precision": precision,
         "keep_checkpoints": keep,
@@ -111,6 +114,9 @@ def train_sit(
         compile=compile, workers=o.workers_or_default(workers), images=images, teacher_weights=teacher_weights,
         teacher_features=teacher_features, latent_stats=latent_stats, vae=vae, vae_weights=vae_weights,
         tracker=trackers)
+    if time_mean is not None and cfg.time_schedule != "lognormal":
+        raise UserError(f"--time-mean {time_mean}: centres lognormal times; this run's are {cfg.time_schedule} "
+                        f"(add --time-schedule lognormal)")
     found = registry()
     found.generator(cfg.model)  # unknown names fail before anything heavy is imported
     if cfg.proj_weight > 0 and not teacher_features:

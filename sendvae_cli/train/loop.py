@@ -109,6 +109,8 @@ class TrainConfig:
         "steps", "epochs", "total_steps", "preset", "tracker")
     # Facts the loop records beside the fields (config.json) that never block a resume.
     RUN_FACTS: ClassVar[tuple[str, ...]] = ("accumulation", "world_size", "producer")
+    # Fields added after runs were recorded -> the value that reproduces a run recorded without them.
+    ADDED: ClassVar[dict[str, Any]] = {}
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -294,10 +296,10 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
     # Rank 0 creates or checks the folder first; the others check it only once config.json is
     # there (checking while rank 0 writes it would see a half-made folder).
     ignore = cfg.RUN_ONLY + cfg.RUN_FACTS
-    resumed = prepare_run_dir(out, record, ignore=ignore, is_main=True) if dist.is_main else False
+    resumed = prepare_run_dir(out, record, ignore=ignore, is_main=True, added=cfg.ADDED) if dist.is_main else False
     dist.barrier()
     if not dist.is_main:
-        prepare_run_dir(out, record, ignore=ignore, is_main=False)
+        prepare_run_dir(out, record, ignore=ignore, is_main=False, added=cfg.ADDED)
 
     # Models. Seeded so that a resumed run builds the same random parts before loading.
     torch.manual_seed(cfg.seed)

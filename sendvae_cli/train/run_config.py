@@ -31,8 +31,13 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable
     return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys]
 
 
-def prepare_run_dir(out: Path, config: Mapping[str, Any], *, ignore: Iterable[str], is_main: bool) -> bool:
-    """Create OUT/config.json, or check it matches; True when resuming an existing run."""
+def prepare_run_dir(out: Path, config: Mapping[str, Any], *, ignore: Iterable[str], is_main: bool,
+                    added: Mapping[str, Any] | None = None) -> bool:
+    """Create OUT/config.json, or check it matches; True when resuming an existing run.
+
+    `added` names fields that configurations gained after runs were recorded, with the value
+    that reproduces such a run: a config.json without the field reads as having that value.
+    """
     out = Path(out)
     path = out / "config.json"
     if out.exists() and not out.is_dir():
@@ -42,6 +47,7 @@ def prepare_run_dir(out: Path, config: Mapping[str, Any], *, ignore: Iterable[st
             old = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise UserError(f"{path}: not valid JSON ({error}); fix or delete it") from None
+        old = {**(added or {}), **old} if isinstance(old, dict) else old
         diff = differences(old, json.loads(json.dumps(config, default=str)), ignore)
         if diff and not (out / "checkpoints" / LATEST).exists():
             # A start that failed before its first checkpoint (missing weights, a wrong option)

@@ -142,12 +142,13 @@ class SiTObjective(nn.Module):
     """Model + data preparation + loss for one micro-batch, so DDP wraps one module."""
 
     def __init__(self, model: nn.Module, normalizer: nn.Module, proj_weight: float, time_schedule: str,
-                 num_classes: int, conditional: bool):
+                 num_classes: int, conditional: bool, time_mean: float = 0.0):
         super().__init__()
         self.model = model
         self.normalizer = normalizer
         self.proj_weight = proj_weight
         self.time_schedule = time_schedule
+        self.time_mean = time_mean
         self.num_classes = num_classes
         self.conditional = conditional
 
@@ -158,7 +159,7 @@ class SiTObjective(nn.Module):
         model = self.model
         with torch.no_grad():
             z = self.normalizer(mean, std, generator)
-            path = sample_path(z, schedule=self.time_schedule, generator=generator)
+            path = sample_path(z, schedule=self.time_schedule, generator=generator, mean=self.time_mean)
             y = labels if self.conditional else torch.full_like(labels, self.num_classes)
             drop = unwrap_compiled(model).label_drop_mask(len(y), generator=generator, device=y.device) \
                 if self.conditional else None
@@ -320,7 +321,7 @@ class SiTTrainer(Trainer):
     def prepare(self, ctx: StepContext) -> None:
         cfg = self.config
         objective: nn.Module = SiTObjective(self.model, self.normalizer, cfg.proj_weight, cfg.time_schedule,
-                                            self.data.num_classes, self.data.conditional)
+                                            self.data.num_classes, self.data.conditional, cfg.time_mean)
         if cfg.compile:
             objective.model = torch.compile(self.model)
         if ctx.dist.world > 1:
