@@ -46,6 +46,23 @@ def invoke(*args):
     return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
+# Outputs stored once, on one machine (tests/fixtures), differ from this machine's in the last
+# bits: float32 kernels sum in another order on AVX2, AVX-512 and AMX. A few hundred roundings of
+# relative error 6e-8 (float32's half-ulp) stay well under 1e-5 of the output's scale, while a
+# real mismatch (a wrong weight, a missing term) moves outputs by far more.
+FIXTURE_REL = 1e-5
+
+
+def assert_matches_fixture(got, want, rel=FIXTURE_REL):
+    """`got` equals the stored `want` within `rel` of want's largest magnitude, elementwise."""
+    import torch
+
+    got, want = torch.as_tensor(got), torch.as_tensor(want)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    scale = float(want.abs().max()) if want.numel() else 0.0
+    torch.testing.assert_close(got.to(want.dtype), want, atol=rel * max(scale, 1e-30), rtol=0)
+
+
 def one_line_error(proc, *fragments):
     """`proc` failed with exit code 2 and one `error:` line holding every fragment, no traceback."""
     assert proc.returncode == 2, proc.stdout + proc.stderr

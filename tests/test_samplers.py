@@ -12,8 +12,9 @@ from sendvae_cli.flow.samplers import (function_evaluations, guided_at, ode_samp
                                        sde_times)
 from sendvae_cli.generators.export import import_repa_checkpoint
 
+from conftest import assert_matches_fixture
+
 FIXTURE = Path(__file__).parent / "fixtures" / "repae_samplers_runs.safetensors"
-TOL = 1e-5
 
 
 def _fixture():
@@ -47,7 +48,7 @@ class Replay:
         assert self.k < self.calls, "more model calls than REPA-E's sampler made"
         assert x.dtype == torch.float32 and t.dtype == torch.float32
         assert x.shape == TENSORS[key + ".x"].shape, (self.k, x.shape)  # doubled exactly where theirs was
-        torch.testing.assert_close(x, TENSORS[key + ".x"], atol=TOL, rtol=0)
+        assert_matches_fixture(x, TENSORS[key + ".x"])
         torch.testing.assert_close(t, TENSORS[key + ".t"], atol=0, rtol=0)
         assert torch.equal(y, TENSORS[key + ".y"])
         self.k += 1
@@ -65,7 +66,7 @@ def test_step_by_step_against_repae(name):
     out = _run(replay, name, run)
     assert replay.k == run["calls"]
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, TENSORS[f"{name}.out"], atol=TOL, rtol=0)
+    assert_matches_fixture(out, TENSORS[f"{name}.out"])
 
 
 def test_fixture_covers_the_protocol():
@@ -158,4 +159,4 @@ def test_imported_repae_sit_matches_their_sampler(name, tmp_path):
     """From the same noise (and SDE noise sequence), sendvae's SiT + samplers give REPA-E's samples."""
     model = _fixture_model_as_checkpoint(tmp_path)
     out = _run(model, name, RUNS[name])
-    torch.testing.assert_close(out, TENSORS[f"{name}.out"], atol=TOL, rtol=0)
+    assert_matches_fixture(out, TENSORS[f"{name}.out"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO
+from conftest import REPO, assert_matches_fixture
 from sendvae_cli.errors import UserError
 from sendvae_cli.generators.export import (export_repa_checkpoint, import_repa_checkpoint, load_generator_export,
                                            looks_like_generator, save_generator_export)
@@ -33,10 +33,10 @@ def imported():
 
 def test_repae_checkpoint_forward_matches_their_code(imported):
     v, projected = outputs(imported.model)
-    assert torch.allclose(v, OUTPUTS["v_ema"], atol=1e-5, rtol=0)
-    assert torch.allclose(projected[0], OUTPUTS["proj_ema"], atol=1e-5, rtol=0)
+    assert_matches_fixture(v, OUTPUTS["v_ema"])
+    assert_matches_fixture(projected[0], OUTPUTS["proj_ema"])
     raw = import_repa_checkpoint(FIXTURE, use_ema=False)
-    assert torch.allclose(outputs(raw.model)[0], OUTPUTS["v_model"], atol=1e-5, rtol=0)
+    assert_matches_fixture(outputs(raw.model)[0], OUTPUTS["v_model"])
     assert not torch.allclose(OUTPUTS["v_model"], OUTPUTS["v_ema"], atol=1e-3)
 
 
@@ -71,7 +71,7 @@ def test_export_folder_round_trip_and_bytes(imported, tmp_path):
     for path in (a, tmp_path / "run", a / "sit.json"):
         loaded = load_generator_export(path)
         assert not loaded.model.training and loaded.generator == "SiT-tiny/2"
-        assert torch.allclose(outputs(loaded.model)[0], OUTPUTS["v_ema"], atol=1e-5, rtol=0)
+        assert_matches_fixture(outputs(loaded.model)[0], OUTPUTS["v_ema"])
         assert torch.equal(loaded.latent_std, imported.latent_std) and loaded.meta["extra"] == {"steps": 7}
     # Rebuilt through a build function (what a registry lookup does for plugin generators).
     seen = []
@@ -108,7 +108,7 @@ def test_export_back_to_repa_layouts(imported, tmp_path):
         theirs = torch.load(FIXTURE, weights_only=True, map_location="cpu")
     assert set(plain["ema"]) == set(theirs["ema"])
     again = import_repa_checkpoint(repae)
-    assert torch.allclose(outputs(again.model)[0], OUTPUTS["v_ema"], atol=1e-6, rtol=0)
+    assert_matches_fixture(outputs(again.model)[0], OUTPUTS["v_ema"])
     assert torch.allclose(again.latent_std, imported.latent_std) and again.arch == imported.arch
     # REPA's layout has no bn.*: 4-channel latents then get REPA's fixed SD-VAE scale.
     repa = export_repa_checkpoint(imported.model, tmp_path / "repa.pt", flavour="repa", generator="SiT-tiny/2")
@@ -125,7 +125,7 @@ def test_bare_and_legacy_state_dicts(imported, tmp_path):
               for k, v in state.items()}
     torch.save(legacy, tmp_path / "last.pt")
     loaded = import_repa_checkpoint(tmp_path / "last.pt", encoder_depth=1, generator="SiT-tiny/2")
-    assert torch.allclose(outputs(loaded.model)[0], OUTPUTS["v_ema"], atol=1e-5, rtol=0)
+    assert_matches_fixture(outputs(loaded.model)[0], OUTPUTS["v_ema"])
     assert loaded.arch["heads"] == 2  # width 64 is SiT-tiny's
 
 
