@@ -12,7 +12,8 @@ VGG16 LPIPS, PatchGAN discriminator), then times:
     mapper, LPIPS, discriminator.
 FLOPs of one whole step come from torch's FlopCounterMode; achieved FLOP/s over the device's
 peak gives the utilisation (pass --peak-tflops; defaults: 989 for an H100 in bf16, or a CPU
-estimate from cores x clock x 32 FP32 FLOPs/cycle for AVX2 with two FMA units).
+estimate from cores x clock x 32 FP32 FLOPs/cycle for AVX2 with two FMA units). On CUDA the
+whole step's peak memory is reported too; --no-parts times the whole step only.
 """
 
 from __future__ import annotations
@@ -53,11 +54,14 @@ def main() -> None:
     p.add_argument("--mapper-hidden", type=int, default=2048)
     p.add_argument("--no-lpips", action="store_true", help="the main job's setting (LPIPS weight 0)")
     p.add_argument("--no-gan", action="store_true", help="the tiny preset's setting (GAN weight 0: no discriminator step)")
+    p.add_argument("--no-parts", action="store_true", help="time the whole step only, not each component")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda: CUDA is not available on this machine")
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     torch.manual_seed(0)
@@ -119,7 +123,8 @@ def main() -> None:
         (recon.float().abs().mean() + posterior.kl().mean() * 1e-6).backward()
         vae.zero_grad(set_to_none=True)
 
-    z_fixed = vae.encode(x).sample().detach()
+    with torch.no_grad():
+        z_fixed = vae.encode(x).sample()
 
     def mapper_part():
         with autocast():
@@ -149,9 +154,13 @@ def main() -> None:
         full_step()
     step_flops = counter.get_total_flops()
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     step_s = timed(full_step)
-    parts = {name: timed(fn) for name, fn in (("vae", vae_part), ("teacher", teacher_part), ("mapper", mapper_part),
-                                               ("lpips", lpips_part), ("discriminator", disc_part))}
+    peak_memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    parts = {} if args.no_parts else {
+        name: timed(fn) for name, fn in (("vae", vae_part), ("teacher", teacher_part), ("mapper", mapper_part),
+                                         ("lpips", lpips_part), ("discriminator", disc_part))}
     peak = args.peak_tflops or (989.0 if device.type == "cuda" and bf16 else (67.0 if device.type == "cuda" else cpu_peak_tflops()))
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -159,11 +168,12 @@ def main() -> None:
         "resolution": args.resolution, "batch": args.batch, "step_s": step_s,
         "images_per_s": args.batch / step_s, "step_tflop": step_flops / 1e12,
         "achieved_tflops": step_flops / step_s / 1e12, "peak_tflops": peak,
-        "utilisation": step_flops / step_s / 1e12 / peak,
+        "utilisation": step_flops / step_s / 1e12 / peak, "peak_memory_gib": peak_memory,
         "parts_s": parts, "parts_share_of_step": {k: v / step_s for k, v in parts.items()},
     }
     print(json.dumps(result, indent=2))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
 
 
