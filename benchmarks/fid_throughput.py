@@ -1,7 +1,7 @@
 """`sendvae fid` throughput: images/s through the whole pipeline, and what 5,000 / 50,000 images cost.
 
     python benchmarks/fid_throughput.py [--images 5000] [--resolution 256] [--device auto] [--threads N]
-                                        [--extractors inception,tv-mobilenet-v2,dinov2-l]
+                                        [--extractors inception,tv-mobilenet-v2,dinov2-l] [--no-png]
 
 Writes N generated `shapes` images at the given resolution as an ADM `.npz` and a PNG folder, then
 measures, on the same machine:
@@ -9,14 +9,17 @@ measures, on the same machine:
 - bare:      the Inception forward alone on decoded uint8 batches (model time only, <= 128 images);
 - npz:       `evaluate()` with the .npz as SAMPLES against saved reference statistics (streamed
              memory-mapped reads, forward, float64 moments, IS sums; FID math and P/R included);
-- decode:    PNG folder decoding through the DataLoader alone (what feeds a GPU from a folder);
+- decode:    PNG folder decoding through the DataLoader alone (what feeds a GPU from a folder;
+             --no-png skips writing the folder and this figure);
 - fid_math:  the two Fréchet distances (2048-d and 2023-d, float64 eigh) on full-rank statistics;
 - p/r:       precision/recall on N x N features (quadratic in N; extrapolated to 50k x 10k).
 
 Per extractor (`--extractors`, default all three), the same pipeline run (`evaluate()` on the
 `.npz` against saved statistics of that extractor's width) is set against its bare forward: the
 extractor called on uint8 batches already in memory (Inception's resize is inside its network, a
-teacher's 224 px resize inside `TeacherFeatures`). `ratio` = pipeline / bare (goal >= 0.9).
+teacher's 224 px resize inside `TeacherFeatures`). `ratio` = pipeline / bare (goal >= 0.9), and
+`seconds_for_50000_images` = 50,000 images at the pipeline's rate (goal: well under two minutes on
+an H100/H200).
 
 The weights are random (the release files cannot be downloaded here): the networks and their
 FLOPs are the real ones. From the FLOPs per image it prints what a GPU needs for 50,000 images at an
@@ -63,6 +66,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--pr-images", type=int, default=2000, help="features per side for the P/R timing")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--no-png", action="store_true", help="skip the PNG folder (its writing and decoding)")
     parser.add_argument("--extractors", default="inception,tv-mobilenet-v2,dinov2-l",
                         help="comma-separated extractors to time (inception and/or teacher names)")
     parser.add_argument("--teacher-images", type=int, default=64,
@@ -84,7 +88,8 @@ def main() -> None:
         (tmp / "png").mkdir()
         for i in range(n):
             pixels[i] = source[i][0].permute(1, 2, 0).numpy()
-            Image.fromarray(pixels[i]).save(tmp / "png" / f"{i:06d}.png")
+            if not args.no_png:
+                Image.fromarray(pixels[i]).save(tmp / "png" / f"{i:06d}.png")
         np.savez(tmp / "samples.npz", arr_0=pixels)
         print(f"wrote {n} images at {args.resolution} px in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
 
@@ -136,11 +141,13 @@ def main() -> None:
         npz_total = time.perf_counter() - t0
         npz_rate = result["samples_per_second"]
 
-        folder = FolderImages(tmp / "png", "bench", args.workers)
-        t0 = time.perf_counter()
-        for _ in folder.batches(batch_size, workers=args.workers):
-            pass
-        decode = n / (time.perf_counter() - t0)
+        decode = None
+        if not args.no_png:
+            folder = FolderImages(tmp / "png", "bench", args.workers)
+            t0 = time.perf_counter()
+            for _ in folder.batches(batch_size, workers=args.workers):
+                pass
+            decode = n / (time.perf_counter() - t0)
 
         m = args.pr_images
         feats = rng.normal(size=(2 * m, 2048)).astype(np.float32)
@@ -171,24 +178,27 @@ def main() -> None:
         "seconds_for_50k_vs_10k_precision_recall": pr_50k,
         "gpu_assumed_fp32_tflops": H100_FP32_SUSTAINED_TFLOPS,
         "gpu_seconds_for_50000_images_forward (estimate)": gpu_50k,
-        "png_decode_seconds_for_50000_images (this CPU)": 50_000 / decode,
+        "png_decode_seconds_for_50000_images (this CPU)": 50_000 / decode if decode else None,
     }
     figures["extractors"] = {"inception": {"gflops_per_image": flops_per_image / 1e9, "bare_images_per_s": bare,
-                                           "pipeline_images_per_s": npz_rate, "ratio": npz_rate / bare},
+                                           "pipeline_images_per_s": npz_rate, "ratio": npz_rate / bare,
+                                           "images": n, "seconds_for_50000_images": 50_000 / npz_rate},
                              **per_extractor}
     for key, value in figures.items():
         if key == "extractors":
             continue
         print(f"{key:>48}: {value:,.3f}" if isinstance(value, float) else f"{key:>48}: {value}")
-    print(f"\n{'extractor':>18} {'GFLOP/img':>10} {'bare img/s':>11} {'fid img/s':>10} {'ratio':>6}")
+    print(f"\n{'extractor':>18} {'GFLOP/img':>10} {'bare img/s':>11} {'fid img/s':>10} {'ratio':>6} {'50k s':>8}")
     for name, row in figures["extractors"].items():
         print(f"{name:>18} {row['gflops_per_image']:>10.2f} {row['bare_images_per_s']:>11.2f} "
-              f"{row['pipeline_images_per_s']:>10.2f} {row['ratio']:>6.2f}")
+              f"{row['pipeline_images_per_s']:>10.2f} {row['ratio']:>6.2f} {row['seconds_for_50000_images']:>8.1f}")
     print(f"\nA GPU needs ~{flops_per_image / 1e9:.1f} GFLOP per image: 50,000 images = "
           f"{50_000 * flops_per_image / 1e15:.2f} PFLOP, about {gpu_50k:.0f}s at {H100_FP32_SUSTAINED_TFLOPS:.0f} "
-          f"TFLOP/s float32; from a PNG folder the decoding workers set the pace ({decode:.0f} img/s with "
-          f"{args.workers} workers here), from an .npz the memory-mapped read does not.")
+          f"TFLOP/s float32; from a PNG folder the decoding workers set the pace "
+          f"({'not measured' if decode is None else f'{decode:.0f} img/s'} with {args.workers} workers here), "
+          f"from an .npz the memory-mapped read does not.")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2))
 
 
@@ -229,7 +239,8 @@ def time_teacher(name: str, pixels: np.ndarray, tmp: Path, device: torch.device,
     print(f"{name}: {flops / 1e9:.2f} GFLOP/image, bare {bare:.2f} img/s, fid pipeline {rate:.2f} img/s "
           f"(ratio {rate / bare:.2f}, {n} images)", file=sys.stderr)
     return {"gflops_per_image": flops / 1e9, "bare_images_per_s": bare, "pipeline_images_per_s": rate,
-            "ratio": rate / bare, "images": n, "achieved_gflops_per_s": bare * flops / 1e9}
+            "ratio": rate / bare, "images": n, "achieved_gflops_per_s": bare * flops / 1e9,
+            "seconds_for_50000_images": 50_000 / rate}
 
 
 if __name__ == "__main__":
