@@ -476,6 +476,10 @@ class Acceptance:
                       res.get("skipped", {}).get("whole_sdpa", outcome.reason()))
             if self.smoke:
                 r.set("train-sit.xl1.compile", "skipped", "", None, "compile is timed on CUDA only")
+            elif "compiled_vs_eager" in res and not res["whole_compiled"]["graphs"]:
+                r.set("train-sit.xl1.compile", "failed", f"{res['compiled_vs_eager']['wall_s']:.2f}x", None,
+                      "torch.compile captured no graph: the step calls the model's forward_with_projections, "
+                      "which the compiled wrapper leaves uncompiled")
             elif "compiled_vs_eager" in res:
                 ratio = res["compiled_vs_eager"]["wall_s"]
                 compiled = res["whole_compiled"]
