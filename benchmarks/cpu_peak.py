@@ -15,3 +15,19 @@ def cpu_peak_tflops() -> float:
                 flags = set(line.split(":")[1].split())
     per_cycle = 64 if "avx512f" in flags else 32
     return (os.cpu_count() or 1) * mhz * 1e6 * per_cycle / 1e12
+
+
+def cpu_name() -> str:
+    """'AMD EPYC (family 25 model 17; avx2, avx512f, avx512_bf16)': what names the CPU behind a figure."""
+    facts: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                facts.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "unknown CPU"
+    flags = set(facts.get("flags", "").split())
+    wide = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    return (f"{facts.get('model name', 'unknown CPU')} (family {facts.get('cpu family', '?')} model "
+            f"{facts.get('model', '?')}; {', '.join(wide) or 'no AVX2'})")

@@ -47,6 +47,8 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+from cpu_peak import cpu_name  # noqa: E402  (a sibling script's helper)
 STEPS = ("tests", "train-sit", "train-vae", "sample", "fid", "extract", "ddp")
 # The commands of each step (their caps add up to the step's); `-repae` ones only with --repae.
 COMMANDS = {"tests": ("tests",), "train-sit": ("train-sit-xl1", "train-sit-repae", "train-sit-xl2"),
@@ -335,22 +337,6 @@ def describe_device(env: dict[str, str]) -> dict[str, Any]:
     info["cpu"] = cpu_name()
     info["cpu_count"] = os.cpu_count()
     return info
-
-
-def cpu_name() -> str:
-    """'AMD EPYC (family 25 model 17; avx512f, avx512_bf16)': what names a CPU figure."""
-    facts: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                facts.setdefault(key.strip(), value.strip())
-    except OSError:
-        return "unknown CPU"
-    flags = set(facts.get("flags", "").split())
-    wide = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    return (f"{facts.get('model name', 'unknown CPU')} (family {facts.get('cpu family', '?')} model "
-            f"{facts.get('model', '?')}; {', '.join(wide) or 'no AVX2'})")
 
 
 def bf16_peak(name: str | None) -> float | None:

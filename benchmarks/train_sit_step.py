@@ -59,7 +59,7 @@ from sendvae_cli.train.loop import clip_grad_norm, micro_batch_seed
 from sendvae_cli.train.optim import adamw
 from sendvae_cli.train.sit_data import LatentNormalizer, micro_batch_generator
 from sendvae_cli.train.sit_trainer import SiTObjective
-from cpu_peak import cpu_peak_tflops
+from cpu_peak import cpu_name, cpu_peak_tflops
 
 PROJ_WEIGHT = 0.5  # REPA's and REPA-E's --proj-coeff
 
@@ -331,7 +331,7 @@ def main() -> None:
 
     if args.data_only:
         tokens_n = height * width // int(args.model.rsplit("/", 1)[1]) ** 2
-        write({"device": f"cpu ({os.cpu_count()} cores)", "latent": [channels, height, width], "tokens": tokens_n,
+        write({"device": f"cpu ({os.cpu_count()} cores): {cpu_name()}", "latent": [channels, height, width], "tokens": tokens_n,
                "teacher_width": args.teacher_width, "batch": args.batch,
                "data": data_rate((channels, height, width), (tokens_n, args.teacher_width), args.data_rows,
                                  args.batch, [0, 1, 2], args.data_seconds)})
@@ -461,7 +461,8 @@ def main() -> None:
     times = timed_interleaved(variants, args.repeats, sync, device)
     peak = args.peak_tflops or (989.0 if device.type == "cuda" and bf16 else (67.0 if device.type == "cuda" else cpu_peak_tflops()))
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({os.cpu_count()} cores): {cpu_name()}"),
         "torch_threads": torch.get_num_threads(), "precision": precision, "compile": args.compile,
         "attention": backend, "model": args.model, "latent": [channels, height, width], "tokens": tokens_n,
         "teacher_width": args.teacher_width, "encoder_depth": args.encoder_depth, "batch": batch,
