@@ -187,20 +187,21 @@ def test_a_compile_that_captures_nothing_fails_its_row(tmp_path, monkeypatch):
     assert rows["train-sit.xl1.vs-repae"].status == "skipped"
 
 
-def test_gpu_tests_rows_come_from_pytest_junit(tmp_path, monkeypatch):
+def test_gpu_tests_rows_come_from_pytest_lines_even_when_killed(tmp_path, monkeypatch):
     ga = load_script()
     report = ga.Report(tmp_path / "r.json", "gpu", {"name": "NVIDIA H100 80GB HBM3", "xformers": "0.0.28"}, 480, [])
     ga.declare_rows(report, ga.GPU)
     runner = ga.Runner(tmp_path, 480, dict(os.environ))
     acceptance = ga.Acceptance(SimpleNamespace(smoke=False, repae=None, peak_tflops=None), ga.GPU, report, runner)
     acceptance.step_deadline = time.monotonic() + 3600
+    log = runner.logs / "tests.log"
 
     def run(name, cmd, cap_s):
-        (runner.logs / "tests.xml").write_text(
-            '<testsuites><testsuite><testcase name="test_a"/><testcase name="test_b"><failure message="x"/>'
-            f'</testcase><testcase name="{ga.PARITY_TEST}"/></testsuite></testsuites>')
-        (runner.logs / "tests.log").write_text("1 failed, 2 passed\n")
-        return ga.Outcome(1, 30.0, runner.logs / "tests.log")
+        assert "-v" in cmd and "--ignore=tests/test_gpu_attention.py" not in cmd
+        log.write_text("tests/test_gpu.py::test_a PASSED [ 25%]\ntests/test_gpu.py::test_b FAILED [ 50%]\n"
+                       f"tests/test_gpu_attention.py::{ga.PARITY_TEST} PASSED [ 75%]\n"
+                       "tests/test_gpu_attention.py::test_c[dtype0] ")
+        return ga.Outcome(None, 80.0, log)  # killed at its cap during the fourth test
 
     monkeypatch.setattr(runner, "run", run)
     acceptance.tests()
@@ -208,3 +209,5 @@ def test_gpu_tests_rows_come_from_pytest_junit(tmp_path, monkeypatch):
     assert (rows["tests.gpu"].status, rows["tests.gpu"].figure) == ("failed", "2 of 3 passed")
     assert "test_b" in rows["tests.gpu"].note
     assert rows["tests.attention-parity"].status == "ok"
+    assert ga.pytest_outcomes("tests/t.py::test_x PASSED [ 50%]\ntests/t.py::test_x ERROR [ 50%]\n") == \
+        {"test_x": "failed"}
