@@ -711,8 +711,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("gpu-acceptance"), help="folder for the report, logs and figures")
     p.add_argument("--smoke", action="store_true", help="the same steps on CPU at toy sizes (under two minutes)")
     p.add_argument("--only", default=None, help=f"comma-separated steps to run, of: {', '.join(STEPS)}")
-    p.add_argument("--budget-s", type=float, default=None, help="seconds for the whole run (GPU: 480, smoke: 240); "
-                   "a step that finds none left is skipped")
+    p.add_argument("--budget-s", type=float, default=None, help="seconds for the whole run (GPU: 480, 585 with --repae; "
+                   "smoke: 240); a step that finds none left is skipped")
     p.add_argument("--repae", type=Path, default=None,
                    help="a checkout of End2End-Diffusion/REPA-E (never committed): their step and sampling loop side by side")
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's bf16 dense peak, when its name is not known")
@@ -743,7 +743,9 @@ def main() -> None:
     if not args.smoke and not device.get("cuda_available"):
         p.exit(2, "error: no CUDA device here (torch.cuda.is_available() is False); "
                   "`--smoke` runs the same steps on CPU at toy sizes\n")
-    budget = args.budget_s or sizes.budget_s
+    # REPA-E's step and sampling loop add their caps to the default budget.
+    budget = args.budget_s or sizes.budget_s + (sum(v for k, v in sizes.caps.items() if k.endswith("-repae"))
+                                                if args.repae else 0)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     device["card"] = card_slug(device.get("name")) if not args.smoke else "cpu"

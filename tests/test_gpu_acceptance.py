@@ -5,6 +5,7 @@ GPU comes; and its user errors are one line."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -211,3 +212,15 @@ def test_gpu_tests_rows_come_from_pytest_lines_even_when_killed(tmp_path, monkey
     assert rows["tests.attention-parity"].status == "ok"
     assert ga.pytest_outcomes("tests/t.py::test_x PASSED [ 50%]\ntests/t.py::test_x ERROR [ 50%]\n") == \
         {"test_x": "failed"}
+
+
+def test_the_documented_command_is_one_line_and_its_options_exist():
+    """DEVELOPERS.md and benchmarks/README.md give the same one line, and the script takes every option in it."""
+    lines = [[line for line in (REPO / doc).read_text().splitlines() if "benchmarks/gpu_acceptance.py --out" in line]
+             for doc in ("DEVELOPERS.md", "benchmarks/README.md")]
+    assert len(lines[0]) == 1 and lines[0] == lines[1]
+    command = lines[0][0]
+    assert command.startswith('pip install -e ".[cuda]"')
+    help_text = run("--help").stdout
+    for option in re.findall(r"(--[a-z-]+)", command.split("gpu_acceptance.py", 1)[1]):
+        assert option in help_text, option
