@@ -241,7 +241,7 @@ class Outcome:
         if self.rc is None:
             return f"timed out after {self.seconds:.0f} s (log {self.log.name})"
         lines = [line.strip() for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith("error:") or re.match(r"^\w+(Error|Exception)\b", line)]
+        errors = [line for line in lines if line.startswith("error:") or re.match(r"^[\w.]+(Error|Exception)\b", line)]
         last = (errors or lines or ["no output"])[-1]
         return f"exit {self.rc}: {last[:200]} (log {self.log.name})"
 
@@ -272,6 +272,9 @@ class Runner:
             except subprocess.TimeoutExpired:
                 stop_group(proc)
                 rc = None
+            except BaseException:  # Ctrl-C or SIGTERM here: the command's own group would outlive us
+                stop_group(proc)
+                raise
         return Outcome(rc, time.monotonic() - start, log)
 
 
@@ -739,6 +742,8 @@ def main() -> None:
     if args.smoke:
         env["CUDA_VISIBLE_DEVICES"] = ""  # toy sizes on the CPU even where a GPU is present
 
+    # SIGTERM (a lent machine's session ending) unwinds like Ctrl-C, stopping the running command's group.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     device = describe_device(env)
     if not args.smoke and not device.get("cuda_available"):
         p.exit(2, "error: no CUDA device here (torch.cuda.is_available() is False); "
@@ -765,7 +770,7 @@ def main() -> None:
     for step in STEPS:
         if step not in only:
             report.close_step(step, "skipped", "not in --only")
-            continue
+    for step in (s for s in STEPS if s in only):
         cap = sum(sizes.caps[c] for c in COMMANDS[step] if args.repae or not c.endswith("-repae"))
         if runner.left() < 5:
             report.close_step(step, "skipped", f"the --budget-s of {budget:.0f} s is spent")
@@ -777,6 +782,11 @@ def main() -> None:
             actions[step]()
         except Exception as error:  # noqa: BLE001 - one step's surprise must not cost the other steps
             report.close_step(step, "failed", f"{type(error).__name__}: {error}")
+        except BaseException:  # interrupted: what ran stays in the report, the rest says why it is missing
+            report.close_step(step, "failed", "interrupted (Ctrl-C or SIGTERM)")
+            for later in STEPS[STEPS.index(step) + 1:]:
+                report.close_step(later, "skipped", "interrupted (Ctrl-C or SIGTERM)")
+            raise
         report.close_step(step, "failed", "the step ended without this figure")
         report.steps[step] = {"seconds": round(time.monotonic() - start, 1), "cap_s": cap}
         report.write()
