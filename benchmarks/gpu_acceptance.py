@@ -78,10 +78,11 @@ class Sizes:
 
 
 GPU = Sizes(
-    # From estimates of an H100's speed (no GPU has run them yet); 480 s in all without --repae.
-    caps={"tests": 80, "train-sit-xl1": 120, "train-sit-repae": 60, "train-sit-xl2": 45, "train-vae": 45,
-          "sample": 45, "sample-repae": 45, "fid": 75, "extract": 25, "ddp-step": 10, "ddp-cache": 10,
-          "ddp-train-sit": 25},
+    # Upper bounds from estimates of an H100's speed (no GPU has run them yet). They add up to more
+    # than the budget: a step that runs long leaves the last steps less, never the run more.
+    caps={"tests": 150, "train-sit-xl1": 120, "train-sit-repae": 60, "train-sit-xl2": 45, "train-vae": 45,
+          "sample": 45, "sample-repae": 45, "fid": 75, "extract": 30, "ddp-step": 15, "ddp-cache": 15,
+          "ddp-train-sit": 30},
     sit=["SiT-XL/1", "SiT-XL/2"],
     sit_args=["--latent", "32x16x16", "--teacher-width", "768", "--repeats", "5", "--device", "cuda"],
     sit_batch=256,
@@ -414,7 +415,9 @@ class Acceptance:
             r.set("tests.attention-parity", "skipped" if parity else "failed", "collected" if parity else "",
                   None, "no CUDA device" if parity else f"{PARITY_TEST} not found")
             return
-        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-n", "0", "-v", "-p", "no:cacheprovider"]
+        # A test module that cannot import here (a missing test-only library) costs its own tests only.
+        cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-n", "0", "-v", "-p", "no:cacheprovider",
+               "--continue-on-collection-errors"]
         if not self.xformers:
             cmd.append("--ignore=tests/test_gpu_attention.py")
         outcome = self.runner.run("tests", cmd, self.cap("tests"))

@@ -220,7 +220,7 @@ def test_the_documented_command_is_one_line_and_its_options_exist():
              for doc in ("DEVELOPERS.md", "benchmarks/README.md")]
     assert len(lines[0]) == 1 and lines[0] == lines[1]
     command = lines[0][0]
-    assert command.startswith('pip install -e ".[cuda]"')
+    assert command.startswith('pip install -e ".[cuda,dev]"')  # xformers, and pytest for the GPU tests
     help_text = run("--help").stdout
     for option in re.findall(r"(--[a-z-]+)", command.split("gpu_acceptance.py", 1)[1]):
         assert option in help_text, option
