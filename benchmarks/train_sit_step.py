@@ -21,8 +21,7 @@ Builds the model with random weights and times, on the same batch:
     the path given, never copied here.
   * whole_compiled (--compile-variant): the whole step through torch.compile as train-sit's
     --compile applies it, timed after the eager figures are written (a compiler crash or hang
-    leaves them in --json); when that captures no graph (the wrapper compiles `forward`, the step
-    calls `forward_with_projections`), also whole_compiled_method, that method compiled;
+    leaves them in --json), with the number of graphs dynamo captured;
   * data: `train-sit`'s data pipeline (SiTRows + DataLoader) on a synthetic latent cache and
     teacher-token cache of the same shapes, latents + tokens per second for 0, 1 and 2 workers.
 FLOPs come from torch's FlopCounterMode on one whole step; utilisation = achieved FLOP/s over
@@ -366,7 +365,7 @@ def main() -> None:
     normalizer = LatentNormalizer([0.0] * channels, [1.0] * channels).to(device)
     objective = SiTObjective(model, normalizer, PROJ_WEIGHT, "uniform", args.num_classes, True)
     if args.compile:
-        objective.model = torch.compile(model)
+        objective.compile_model()
     ema = EMA(model, 0.9999)
     optimizer = adamw(model.parameters(), device, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
     counter = {"step": 0}
@@ -504,23 +503,13 @@ def main() -> None:
         from torch._dynamo.utils import counters
 
         # As train-sit's --compile does it (SiTTrainer.prepare). The graphs dynamo captured say
-        # whether anything was compiled at all: the wrapper compiles `forward` only.
-        objective.model = torch.compile(model)
+        # whether anything was compiled at all.
+        objective.compile_model()
         compiled = timed_interleaved({"whole_compiled": whole_step}, args.repeats, sync, device)["whole_compiled"]
         graphs = int(counters["stats"]["unique_graphs"])
         result["whole_compiled"] = dict(figures(compiled), graphs=graphs)
         result["compiled_vs_eager"] = {k: times["whole"][k] / compiled[k] for k in ("wall_s", "cpu_s")}
         write(result)
-        if not graphs:
-            # Nothing compiled: what compiling the method the step calls would give.
-            objective.model = model
-            model.forward_with_projections = torch.compile(model.forward_with_projections)
-            method = timed_interleaved({"whole_compiled_method": whole_step}, args.repeats, sync,
-                                       device)["whole_compiled_method"]
-            result["whole_compiled_method"] = dict(figures(method), graphs=int(counters["stats"]["unique_graphs"]))
-            result["compiled_method_vs_eager"] = {k: times["whole"][k] / method[k] for k in ("wall_s", "cpu_s")}
-            write(result)
-
 
 if __name__ == "__main__":
     main()

@@ -169,8 +169,6 @@ def test_a_compile_that_captures_nothing_fails_its_row(tmp_path, monkeypatch):
     acceptance.step_deadline = time.monotonic() + 3600
     figures = json.loads(json.dumps(GPU_FIGURES))
     figures["train-sit-xl1"]["whole_compiled"]["graphs"] = 0
-    figures["train-sit-xl1"]["whole_compiled_method"] = step_figures(330.0, 0.5, graphs=1)
-    figures["train-sit-xl1"]["compiled_method_vs_eager"] = {"wall_s": 1.1, "cpu_s": 1.1}
     del figures["train-sit-xl1"]["whole_sdpa"], figures["train-sit-xl1"]["xformers_vs_sdpa"]
     figures["train-sit-xl1"]["skipped"] = {"whole_sdpa": "xformers is not installed (pip install -e '.[cuda]')"}
 
@@ -182,7 +180,6 @@ def test_a_compile_that_captures_nothing_fails_its_row(tmp_path, monkeypatch):
     acceptance.train_sit()
     rows = {r.id: r for r in report.rows}
     assert rows["train-sit.xl1.compile"].status == "failed" and "no graph" in rows["train-sit.xl1.compile"].note
-    assert "compiled instead: 1.10x" in rows["train-sit.xl1.compile"].note
     assert rows["train-sit.xl1.xformers-vs-sdpa"].status == "skipped"
     assert "xformers" in rows["train-sit.xl1.xformers-vs-sdpa"].note
     assert rows["train-sit.xl1.vs-repae"].status == "skipped"

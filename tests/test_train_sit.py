@@ -210,3 +210,31 @@ def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(caches, reference,
     proc = invoke("train-sit", *tiny(latents), "--beta2", "1.5", "--out", tmp_path / "g")
     one_line_error(proc, "--beta2 1.5", "[0, 1)")
     assert not (tmp_path / "f").exists() and not (tmp_path / "g").exists()
+
+
+def test_compile_compiles_the_entry_point_the_step_calls(monkeypatch):
+    """`--compile`: with REPA on, the step calls forward_with_projections, which a compiled module
+    does not compile; both entry points go through torch.compile and the step calls the results."""
+    from sendvae_cli.generators.sit import build_sit
+    from sendvae_cli.train.sit_data import LatentNormalizer
+    from sendvae_cli.train.sit_trainer import SiTObjective
+
+    compiled = []
+
+    def fake_compile(fn):
+        def run(*args, **kwargs):
+            compiled.append(name)
+            return fn(*args, **kwargs)
+
+        name = getattr(fn, "__name__", type(fn).__name__)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = build_sit("SiT-tiny/2", input_size=8, in_channels=4, num_classes=3, projector_dims=[16])
+    for proj_weight, called in ((0.5, "forward_with_projections"), (0.0, "SiT")):
+        objective = SiTObjective(model, LatentNormalizer([0.0] * 4, [1.0] * 4), proj_weight, "uniform", 3, True)
+        objective.compile_model()
+        compiled.clear()
+        objective(torch.randn(2, 4, 8, 8), torch.ones(2, 4, 8, 8), torch.tensor([0, 2]), torch.randn(2, 16, 16),
+                  torch.Generator().manual_seed(0), "fp32")
+        assert compiled == [called]

@@ -151,29 +151,32 @@ class SiTObjective(nn.Module):
         self.time_mean = time_mean
         self.num_classes = num_classes
         self.conditional = conditional
+        # (forward, forward_with_projections); a tuple, so not registered as more submodules
+        self.entry_points = (model, getattr(model, "forward_with_projections", None))
+
+    def compile_model(self) -> None:
+        """torch.compile the model's two entry points. A compiled module compiles its `forward`
+        only, and with REPA the step calls `forward_with_projections`, so each is compiled itself."""
+        self.entry_points = (torch.compile(self.model), torch.compile(self.model.forward_with_projections))
 
     def forward(self, mean, std, labels, tokens, generator, precision: str):
         from sendvae_cli.flow.interpolant import sample_path
         from sendvae_cli.flow.loss import flow_loss
 
         model = self.model
+        velocity, velocity_and_projections = self.entry_points
         with torch.no_grad():
             z = self.normalizer(mean, std, generator)
             path = sample_path(z, schedule=self.time_schedule, generator=generator, mean=self.time_mean)
             y = labels if self.conditional else torch.full_like(labels, self.num_classes)
-            drop = unwrap_compiled(model).label_drop_mask(len(y), generator=generator, device=y.device) \
-                if self.conditional else None
+            drop = model.label_drop_mask(len(y), generator=generator, device=y.device) if self.conditional else None
         with autocast_for(z.device, precision):
             if self.proj_weight:
-                v, projected = model.forward_with_projections(path.x_t, path.t, y, drop_labels=drop)
+                v, projected = velocity_and_projections(path.x_t, path.t, y, drop_labels=drop)
             else:
-                v, projected = model(path.x_t, path.t, y, drop_labels=drop), []
+                v, projected = velocity(path.x_t, path.t, y, drop_labels=drop), []
         return flow_loss(v, path.target, projected, [tokens] if self.proj_weight else [],
                          proj_weight=self.proj_weight)
-
-
-def unwrap_compiled(module: nn.Module) -> nn.Module:
-    return getattr(module, "_orig_mod", module)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +202,7 @@ class Preview:
         from sendvae_cli.flow.samplers import ode_sample
         from sendvae_cli.train.preview import save_grid
 
-        model = unwrap_compiled(unwrap(model))
+        model = unwrap(model)
 
         z = ode_sample(model, self.noise, self.labels, steps=self.cfg.preview_steps,
                        cfg_scale=self.cfg.preview_cfg, num_classes=self.data.num_classes).float()
@@ -230,7 +233,7 @@ def write_export(folder: Path, model: nn.Module, cfg, data, vae_ref, step: int) 
         "resolution": data.attrs.get("resolution"),
         "downsample": data.attrs.get("downsample"),
     }
-    save_generator_export(folder, unwrap_compiled(unwrap(model)), generator=cfg.model,
+    save_generator_export(folder, unwrap(model), generator=cfg.model,
                           latent_stats=(data.latent_mean.tolist(), data.latent_std.tolist()), vae=vae_info,
                           extra={"producer": f"sendvae {__version__} train-sit", "steps": step,
                                  "ema": cfg.ema, "latents": cfg.data, "conditional": data.conditional,
@@ -323,7 +326,7 @@ class SiTTrainer(Trainer):
         objective: nn.Module = SiTObjective(self.model, self.normalizer, cfg.proj_weight, cfg.time_schedule,
                                             self.data.num_classes, self.data.conditional, cfg.time_mean)
         if cfg.compile:
-            objective.model = torch.compile(self.model)
+            objective.compile_model()
         if ctx.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
