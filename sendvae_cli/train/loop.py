@@ -1,8 +1,9 @@
 """The training loop every trainer shares: `run(trainer, out)`.
 
 What the loop does, in order:
-    distributed set-up (torchrun or one process) -> batch geometry (the global batch is kept by
-    gradient accumulation whatever the number of processes) -> the trainer's rows -> total steps
+    distributed set-up (torchrun or one process) -> batch geometry (`split_batch`: the global batch
+    is kept by gradient accumulation whatever the number of processes; a micro-batch the user did
+    not give is chosen to fit them) -> the trainer's rows -> total steps
     (--steps, or --epochs over the rows) -> OUT/config.json written or checked (rank 0 first) ->
     the trainer's models, built under torch.manual_seed(seed) -> EMA -> resume from
     OUT/checkpoints/latest -> the steps -> final checkpoint -> the trainer's export (rank 0);
@@ -67,7 +68,7 @@ from sendvae_cli.train.batches import StreamBatchSampler
 from sendvae_cli.train.checkpoint import Checkpoints
 from sendvae_cli.train.ema import EMA
 from sendvae_cli.train.metrics import MetricsLog
-from sendvae_cli.train.run_config import prepare_run_dir
+from sendvae_cli.train.run_config import prepare_run_dir, recorded_value
 from sendvae_cli.train.trackers import Tracker, open_trackers
 
 # --------------------------------------------------------------------------------------------
@@ -85,8 +86,9 @@ class TrainConfig:
     num_images: int | None = None
     steps: int | None = None
     epochs: float | None = None
-    batch_size: int
-    micro_batch: int
+    batch_size: int  # the global batch: the recipe, whatever the number of processes
+    micro_batch: int  # per process and forward pass; with micro_batch_auto, the most the loop may choose
+    micro_batch_auto: bool = False  # not given: the loop picks what fits the world size (not recorded)
     lr: float
     beta1: float = 0.9
     beta2: float = 0.999
@@ -111,9 +113,11 @@ class TrainConfig:
     RUN_FACTS: ClassVar[tuple[str, ...]] = ("accumulation", "world_size", "producer")
     # Fields added after runs were recorded -> the value that reproduces a run recorded without them.
     ADDED: ClassVar[dict[str, Any]] = {}
+    # Fields that say how a value was reached, not what it is: config.json leaves them out.
+    UNRECORDED: ClassVar[tuple[str, ...]] = ("micro_batch_auto",)
 
     def record(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in self.UNRECORDED}
 
 
 class TrainingDiverged(UserError):
@@ -133,13 +137,50 @@ def total_steps(cfg: TrainConfig, num_rows: int) -> int:
     raise UserError("give --steps or --epochs")
 
 
-def accumulation_steps(cfg: TrainConfig, world: int) -> int:
-    """Micro-batches per process and step that make up the global batch."""
-    per_step = cfg.micro_batch * world
-    if cfg.batch_size % per_step:
-        raise UserError(f"--batch-size {cfg.batch_size}: must be a multiple of --micro-batch {cfg.micro_batch} "
-                        f"x {world} process(es)")
-    return cfg.batch_size // per_step
+@dataclass(frozen=True)
+class BatchSplit:
+    """The global batch over the processes: world x micro_batch x accumulation = batch_size."""
+
+    batch_size: int
+    world: int
+    micro_batch: int
+    accumulation: int
+    note: str | None = None  # what was chosen for the user and why (said once, by rank 0)
+
+
+def split_batch(batch_size: int, world: int, micro_batch: int, *, auto: bool,
+                recorded: int | None = None) -> BatchSplit:
+    """How `world` processes make up the global batch.
+
+    A micro-batch the user gave is kept (and must fit). Otherwise `micro_batch` is the preset's
+    memory choice, a ceiling: a run being resumed keeps the micro-batch it `recorded` (its random
+    numbers are drawn per micro-batch, so another one would continue a different run), and a new
+    run takes the largest micro-batch up to the ceiling that divides each process's share.
+    """
+    if batch_size % world:
+        raise UserError(f"--batch-size {batch_size}: the global batch is split evenly over the processes, and "
+                        f"{batch_size} is not a multiple of {world}")
+    share = batch_size // world
+    if not auto:
+        if share % micro_batch:
+            raise UserError(f"--batch-size {batch_size}: must be a multiple of --micro-batch {micro_batch} x {world} "
+                            f"process(es); leave --micro-batch out to have one chosen")
+        return BatchSplit(batch_size, world, micro_batch, share // micro_batch)
+    if recorded is not None:
+        if share % recorded:
+            fits = [n for n in range(1, batch_size // recorded + 1) if (batch_size // recorded) % n == 0]
+            raise UserError(f"--out: this run was started with micro-batch {recorded}, which does not divide the "
+                            f"{share} images each of {world} processes takes from the global batch {batch_size}; "
+                            f"resume it on {', '.join(map(str, fits[-4:]))} process(es)")
+        note = (f"micro-batch {recorded} per process, the one this run was started with (x {world} process(es) x "
+                f"{share // recorded} accumulated = global batch {batch_size})" if recorded != micro_batch else None)
+        return BatchSplit(batch_size, world, recorded, share // recorded, note)
+    chosen = max(d for d in range(1, min(micro_batch, share) + 1) if share % d == 0)
+    note = None
+    if chosen != micro_batch or world > 1:
+        note = (f"micro-batch {chosen} per process (x {world} process(es) x {share // chosen} accumulated = global "
+                f"batch {batch_size}; the preset's most is {micro_batch}; --micro-batch sets it)")
+    return BatchSplit(batch_size, world, chosen, share // chosen, note)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -285,7 +326,11 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
     cfg = trainer.config
     show = dist.is_main and not cfg.quiet
     device = dist.device
-    accumulation = accumulation_steps(cfg, dist.world)
+    split = split_batch(cfg.batch_size, dist.world, cfg.micro_batch, auto=cfg.micro_batch_auto,
+                        recorded=recorded_value(out, "micro_batch") if cfg.micro_batch_auto else None)
+    if split.note:
+        info(split.note, show)
+    cfg.micro_batch, accumulation = split.micro_batch, split.accumulation  # config.json records what runs
     ctx = StepContext(cfg=cfg, dist=dist, out=out, accumulation=accumulation, total_steps=0)
 
     rows = trainer.rows()

@@ -31,6 +31,18 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable
     return [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys]
 
 
+def recorded_value(out: Path, key: str) -> Any:
+    """`key` of OUT/config.json when OUT holds a run to resume (a saved step), else None."""
+    out = Path(out)
+    if not (out / "checkpoints" / LATEST).exists():
+        return None
+    try:
+        recorded = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # prepare_run_dir says what is wrong with it
+    return recorded.get(key) if isinstance(recorded, dict) else None
+
+
 def prepare_run_dir(out: Path, config: Mapping[str, Any], *, ignore: Iterable[str], is_main: bool,
                     added: Mapping[str, Any] | None = None) -> bool:
     """Create OUT/config.json, or check it matches; True when resuming an existing run.

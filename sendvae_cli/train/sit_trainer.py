@@ -330,8 +330,11 @@ class SiTTrainer(Trainer):
         if ctx.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            objective = DDP(objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                            broadcast_buffers=False)  # the only buffers are fixed statistics
+            objective = DDP(objective, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            # The only buffers are fixed statistics (identical on every rank after DDP's start-up sync):
+            # no broadcast before each forward. Set here, as the keyword is deprecated in torch 2.14 and
+            # its successor missing from older releases.
+            objective.broadcast_buffers = False
         self.objective = objective
         self.preview = (Preview(cfg, self.data, self.vae.model.to(ctx.device).eval(), self.normalizer, ctx.device)
                         if self.vae is not None and ctx.dist.is_main else None)

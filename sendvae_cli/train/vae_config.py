@@ -80,7 +80,9 @@ class VAETrainConfig(TrainConfig):
         merged = resolve(PRESETS[preset], explicit)
         if explicit.get("steps") is None and explicit.get("epochs") is not None:
             merged["steps"] = None  # --epochs replaces the preset's step count
-        merged["micro_batch"] = min(merged["micro_batch"], merged["batch_size"])
+        # The preset's micro-batch is a per-device memory choice: the loop lowers it until it fits
+        # the number of processes (train/loop.py, split_batch). A given one is kept as it is.
+        merged["micro_batch_auto"] = explicit.get("micro_batch") is None
         paths = {k: (str(v) if v else None) for k, v in run.items() if k in PATH_FIELDS}
         rest = {k: v for k, v in run.items() if k not in PATH_FIELDS}
         return cls(**merged, **rest, **paths, preset=preset)
