@@ -2,7 +2,15 @@
 
 `torchrun --nproc-per-node N sendvae ...` sets RANK / WORLD_SIZE / LOCAL_RANK; without them the
 same command is a single process. NCCL on CUDA, gloo on CPU. Only rank 0 prints and writes
-shared files.
+shared files; when a command fails or stops, `sendvae_cli.outcome` decides which process says so.
+
+Under torchrun a process is also stopped cleanly by SIGTERM / SIGINT outside the loops that poll
+for them (`stopping.stop_on_signals`): the signal raises `Interrupted` there, so that every
+process ends with a line a person can read, not with the signal's default death.
+
+`main_first(dist, prepare)` is how a folder is set up: rank 0 creates or checks it while the others
+wait, and only then do they look at it (looking earlier, they would see it half made); a
+`UserError` of rank 0's is raised on every rank, so none is left waiting.
 """
 
 from __future__ import annotations
@@ -10,9 +18,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from sendvae_cli.errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,8 +51,6 @@ def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
     if requested and requested != "auto":
         device = torch.device(requested)
         if device.type == "cuda" and not torch.cuda.is_available():
-            from sendvae_cli.errors import UserError
-
             raise UserError(f"--device {requested}: CUDA is not available on this machine")
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", local_rank)
@@ -60,8 +71,35 @@ def init(requested_device: str | None = None) -> Dist:
         backend = "nccl" if device.type == "cuda" else "gloo"
         # Long timeout: ranks wait at barriers while rank 0 merges a large cache.
         dist.init_process_group(backend, timeout=timedelta(hours=6))
+        from sendvae_cli import outcome
+        from sendvae_cli.stopping import stop_outside_loops
+
+        outcome.register_process()
+        stop_outside_loops()
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device)
 
+
+def main_first(dist_: Dist, prepare: Callable[[], T]) -> T | None:
+    """`prepare()` on rank 0 while the others wait; its UserError is raised on every rank.
+
+    Returns what rank 0's `prepare` returned (None on the other ranks). The others go on only
+    once rank 0 is done, so whatever it wrote is complete when they read it.
+    """
+    if dist_.world == 1:
+        return prepare()
+    result, failure = None, None
+    if dist_.is_main:
+        try:
+            result = prepare()
+        except UserError as error:
+            failure = error
+    box = [None if failure is None else str(failure)]
+    dist.broadcast_object_list(box, src=0)  # NCCL: on the current device, which init set
+    if failure is not None:
+        raise failure
+    if box[0] is not None:
+        raise UserError(box[0])
+    return result
 
 
 def shutdown() -> None:

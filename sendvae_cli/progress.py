@@ -129,4 +129,6 @@ def info(message: str, show: bool = True) -> None:
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    """A warning line, from rank 0 only: under torchrun every process meets the same ones."""
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)

@@ -11,8 +11,12 @@ import json
 import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +168,191 @@ def test_tiny_presets_run_on_two_processes_without_micro_batch(latents, tmp_path
     config = json.loads((vae / "config.json").read_text())
     assert (config["batch_size"], config["micro_batch"], config["accumulation"], config["world_size"]) == (16, 8, 1, 2)
     assert (vae / "export" / "vae.json").is_file()
+
+
+# -- sample's start-up ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def sit(tmp_path_factory):
+    from test_sample import tiny_sit, tiny_vae
+
+    root = tmp_path_factory.mktemp("models")
+    return tiny_sit(root / "sit", tiny_vae(root / "vae", seed=0))
+
+
+SAMPLE = ["-n", "12", "--steps", "2", "--batch-size", "4", "--quiet"]
+
+
+def test_sample_refuses_a_foreign_out_once(sit, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    proc = torchrun("sample", sit, "--out", foreign, *SAMPLE, check=False)
+    assert proc.returncode != 0
+    ours = our_lines(proc.stderr)
+    assert ours == [f"error: --out {foreign}: exists and is not a sample folder (no sample.json); choose another --out"]
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+SLOW_MANIFEST = """
+import os, sys, time
+from sendvae_cli.generate.folder import SampleFolder
+
+written, checked = SampleFolder.write_manifest, SampleFolder.check
+
+def slowly(self, manifest):  # a slow file system: the manifest is being written a while
+    self.out.mkdir(parents=True, exist_ok=True)
+    partial = self.out / "sample.json.partial"
+    partial.write_text("{")
+    time.sleep(1.5)
+    partial.unlink()
+    written(self, manifest)
+
+def late(self, settings):  # rank 1 reaches its check a moment after rank 0
+    if os.environ["RANK"] != "0":
+        time.sleep(0.5)
+    return checked(self, settings)
+
+SampleFolder.write_manifest, SampleFolder.check = slowly, late
+from sendvae_cli.cli import main
+sys.argv[0] = "sendvae"
+main()
+"""
+
+
+def test_sample_ranks_look_at_out_only_once_rank_0_made_it(sit, tmp_path):
+    """The start-up race, made certain: rank 0 takes 1.5 s to write the manifest into a fresh OUT,
+    and rank 1 comes to OUT half a second after rank 0."""
+    script = tmp_path / "slow_manifest.py"
+    script.write_text(SLOW_MANIFEST)
+    out = tmp_path / "fresh"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           "sample", str(sit), "--out", str(out), *SAMPLE]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, our_lines(proc.stderr) or proc.stderr[-3000:]
+    assert (out / "samples.npz").is_file()
+
+
+@pytest.mark.slow
+def test_twenty_fresh_two_process_sample_starts_in_a_row_succeed(sit, tmp_path):
+    """Rank 0 makes OUT a sample folder before the others look at it (they used to see it half made)."""
+    failures = []
+    for i in range(20):
+        out = tmp_path / f"start-{i:02d}"
+        proc = torchrun("sample", sit, "--out", out, *SAMPLE, check=False)
+        if proc.returncode != 0:
+            failures.append(f"start {i}: {our_lines(proc.stderr) or proc.stderr[-500:]}")
+    assert not failures, "\n".join(failures)
+    first = (tmp_path / "start-00" / "samples.npz").read_bytes()
+    assert all((tmp_path / f"start-{i:02d}" / "samples.npz").read_bytes() == first for i in range(20))
+
+
+# -- one outcome per job -------------------------------------------------------------------------
+LAUNCHER = re.compile(r"^([WEI]\d{4} |Traceback|  |torch\.distributed|=+$|-+$|\[\d+\]:|Failures:|Root Cause|"
+                      r"\S+ FAILED$|\*+$|Setting OMP_NUM_THREADS)")
+
+
+def our_lines(stderr: str) -> list[str]:
+    """The lines our processes printed (the launcher's log lines and its report left out)."""
+    return [line for line in stderr.splitlines() if line.strip() and not LAUNCHER.match(line)]
+
+
+def start_training(latents, out, *extra):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "sendvae_cli",
+           "train-sit", str(latents), "--preset", "tiny", "--proj-weight", "0", "--batch-size", "8", "--steps", "100000",
+           "--checkpoint-every", "20", "--workers", "0", "--quiet", "--out", str(out), *extra]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "latest").exists() and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+    return launcher
+
+
+def workers_of(launcher) -> dict[int, int]:
+    """{rank: pid} of the launcher's worker processes."""
+    found = {}
+    for pid in map(int, subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                       text=True).stdout.split()):
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        ranks = [int(e.split(b"=", 1)[1]) for e in env if e.startswith(b"RANK=")]
+        if ranks:
+            found[ranks[0]] = pid
+    return found
+
+
+def test_a_killed_worker_is_one_line_naming_it_and_the_step_to_resume_from(latents, tmp_path):
+    out = tmp_path / "killed"
+    launcher = start_training(latents, out)
+    os.kill(workers_of(launcher)[1], signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)
+    latest = int((out / "checkpoints" / "latest").read_text().split("-")[1])
+    assert our_lines(stderr) == [f"error: rank 1 of 2 ended without a word (killed, out of memory, or a crash); the "
+                                 f"other processes stopped with it. Rerun the same command to resume from step "
+                                 f"{latest}"], stderr
+    assert "GLHF" not in stderr and "Connection closed" not in stderr
+    assert re.search(r"exitcode\s+: 1 \(pid", stderr)  # the survivor's code, in the launcher's report
+
+
+def test_sigterm_to_every_process_stops_once_saves_and_resumes(latents, tmp_path):
+    """As a scheduler stops a job: SIGTERM to the launcher and to every worker (the launcher passes
+    its own on too, so each worker gets two)."""
+    out = tmp_path / "stopped"
+    launcher = start_training(latents, out)
+    for pid in [launcher.pid, *workers_of(launcher).values()]:
+        os.kill(pid, signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1  # torchrun's own code when it is signalled (docs/reproduce.md)
+    lines = our_lines(stderr)
+    assert len(lines) == 1 and re.fullmatch(r"stopped: train-sit: SIGTERM received; stopped at step (\d+) of 100000, "
+                                            r"saved as .*step-0*\1\. Rerun the same command to continue", lines[0]), stderr
+    step = int(re.search(r"at step (\d+)", lines[0]).group(1))
+    assert (out / "checkpoints" / "latest").read_text() == f"step-{step:06d}"
+
+
+def test_outcome_decides_who_says_what(tmp_path, monkeypatch):
+    """The protocol over a real store, each rank played in turn by this process."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    from sendvae_cli import outcome
+
+    server = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=10))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(server.port))
+    monkeypatch.setattr(outcome, "ERROR_WAIT_S", 0.3)
+    monkeypatch.setattr(outcome, "LOST_WAIT_S", 0.3)
+    monkeypatch.setattr(outcome, "STOP_WAIT_S", 0.3)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def as_rank(rank, world, run):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", run)
+        monkeypatch.setattr(outcome, "_store", None)
+        monkeypatch.setattr(signal, "signal", lambda *a: None)  # settle ignores SIGTERM: not in a test
+
+    # the same error on every rank: rank 0 says it, the others keep quiet
+    as_rank(0, 2, "same")
+    assert outcome.settle("error", "--out x: bad", 2) == outcome.Verdict("--out x: bad", "error", 2)
+    as_rank(1, 2, "same")
+    assert outcome.settle("error", "--out x: bad", 2).line is None
+    # an error only rank 1 meets: said by rank 1, named
+    as_rank(1, 2, "alone")
+    assert outcome.settle("error", "disk full", 2).line == "rank 1 of 2: disk full"
+    # rank 1 killed: rank 0's failed collective becomes the line that names it, with the resume note
+    as_rank(1, 2, "killed")
+    outcome._post("pid/1", f"{socket.gethostname()} {dead.pid}")
+    as_rank(0, 2, "killed")
+    outcome.set_resume("rerun the same command to resume from step 40")
+    verdict = outcome.settle("lost", "Connection closed by peer", 1)
+    assert verdict == outcome.Verdict("rank 1 of 2 ended without a word (killed, out of memory, or a crash); the "
+                                      "other processes stopped with it. Rerun the same command to resume from step 40",
+                                      "error", 1)
+    # a rank that stopped on its own said so: the survivors' failed collectives add nothing
+    as_rank(1, 3, "one-stopped")
+    assert outcome.settle("stopped", "SIGTERM received", 143).line is not None
+    as_rank(0, 3, "one-stopped")
+    assert outcome.settle("lost", "Connection reset by peer", 1) == outcome.Verdict(None, "stopped", 143)
+    outcome.set_resume(outcome.DEFAULT_RESUME)

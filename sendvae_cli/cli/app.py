@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 from typing import Annotated
 
 import typer
@@ -32,34 +33,66 @@ def _print_error(message: str) -> None:
     Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
 
 
+def _say(verdict) -> None:
+    """Print an `outcome.Verdict`'s line (if this process is the one to say it) and exit with its code."""
+    if verdict.line is not None:
+        if verdict.label == "stopped":
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[bold yellow]stopped:[/bold yellow] {verdict.line}", highlight=False,
+                                       soft_wrap=True)
+        else:
+            _print_error(verdict.line)
+    raise typer.Exit(verdict.exit_code)
+
+
 def user_errors(command):
     """Report UserError, and any write error a user can fix (full disk, read-only, permission:
     `sendvae_cli.io.write_error_message`), as one line (exit code 2) instead of a traceback; a run
-    stopped by SIGTERM or SIGINT (`Interrupted`) prints where it stopped and exits 128 + the signal number."""
+    stopped by SIGTERM or SIGINT (`Interrupted`) prints where it stopped and exits 128 + the signal number.
+
+    Under torchrun the processes agree on one line for the job (`sendvae_cli.outcome`): an error or
+    a stop is said once (by rank 0, or by the rank that met it alone, named), and when a process
+    dies the survivors' failed collective calls become one line naming it and how to resume.
+    Python warnings are shown by rank 0 only: every rank runs the same code."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from sendvae_cli import outcome
+
+        if outcome.rank() != 0:
+            import warnings
+
+            warnings.simplefilter("ignore")
         try:
             return command(*args, **kwargs)
         except UserError as error:
             from sendvae_cli.stopping import Interrupted
 
+            lost = outcome.lost_peer(error)
+            if lost is not None:  # a signal or an error that came of a process gone
+                _say(outcome.settle("lost", outcome.first_line(lost), 1))
             if isinstance(error, Interrupted):  # stopped on request, after saving: not an error
-                from rich.console import Console
-
-                Console(stderr=True).print(f"[bold yellow]stopped:[/bold yellow] {error}", highlight=False,
-                                           soft_wrap=True)
-                raise typer.Exit(error.exit_code) from None
-            _print_error(str(error))
-            raise typer.Exit(2) from None
+                _say(outcome.settle("stopped", str(error), error.exit_code))
+            _say(outcome.settle("error", str(error), 2))
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:  # a second stop signal: the unit in hand was abandoned
+            if outcome.world() <= 1:
+                raise
+            _say(outcome.settle("stopped", f"interrupted again, the work in hand abandoned; {outcome.resume_note()}",
+                                128 + int(signal.SIGINT)))
         except Exception as error:  # noqa: BLE001 - a write error a user can fix is one line too
             from sendvae_cli.io import write_error_message
 
+            lost = outcome.lost_peer(error)
+            if lost is not None:
+                _say(outcome.settle("lost", outcome.first_line(lost), 1))
             message = write_error_message(error)
             if message is None:
+                outcome.settle("crashed", outcome.first_line(error), 1)  # this process shows the traceback
                 raise
-            _print_error(message)
-            raise typer.Exit(2) from None
+            _say(outcome.settle("error", message, 2))
 
     return wrapper
 

@@ -116,7 +116,8 @@ def _apply_config_file(ctx: typer.Context, param, value: Optional[Path]):
     except UserError as error:
         from sendvae_cli.cli.app import _print_error
 
-        _print_error(str(error))
+        if os.environ.get("RANK", "0") == "0":  # every process of a torchrun job reads the same file
+            _print_error(str(error))
         raise typer.Exit(2) from None
     ctx.default_map = {**(ctx.default_map or {}), **chosen}
     return value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from sendvae_cli.distributed import main_first
 from sendvae_cli.errors import UserError
 from sendvae_cli.flow.samplers import function_evaluations, ode_sample, sde_sample
 from sendvae_cli.generate.folder import FORMAT, FORMAT_VERSION, GRID, SampleFolder
@@ -28,6 +29,7 @@ from sendvae_cli.generate.noise import SampleNoise
 from sendvae_cli.generate.npz import write_npz
 from sendvae_cli.generate.presets import PRECISIONS
 from sendvae_cli.io import write_errors
+from sendvae_cli.outcome import set_resume
 from sendvae_cli.progress import info, progress_bar
 from sendvae_cli.stopping import Interrupted, stop_on_signals
 
@@ -166,21 +168,31 @@ def sample_to_folder(gen: SamplingModel, settings: SampleSettings, out: Path, di
                      guard: Callable[[Path], AbstractContextManager] = lambda out: nullcontext()) -> dict[str, Any]:
     """Fill OUT with `settings.count` samples (resuming), then the .npz; returns the manifest.
 
-    `guard(out)` is held around the run (a hook for an exclusive lock on OUT).
+    `guard(out)` is held around the run by rank 0 (a hook for an exclusive lock on OUT).
     """
     folder = SampleFolder(out, settings.count)
     described = manifest_settings(settings, gen, dist.device)
-    with guard(Path(out)):
-        existing = folder.check(described)  # every rank checks before anything is written
-        if existing is not None and existing.get("status") == "complete" and folder.npz.is_file():
+
+    def complete(manifest: dict[str, Any] | None) -> bool:
+        return manifest is not None and manifest.get("status") == "complete" and folder.npz.is_file()
+
+    def prepare(held: ExitStack) -> None:
+        """Rank 0: lock OUT, check it, and make it a sample folder of these settings."""
+        held.enter_context(guard(Path(out)))
+        if not complete(folder.check(described)):
+            folder.tidy()
+            folder.write_manifest(_manifest(described, settings, gen, status="running"))
+
+    with ExitStack() as held:
+        began = time.perf_counter()
+        # The others look at OUT only once rank 0 made it a sample folder: checked while rank 0
+        # writes the manifest, a fresh OUT would look like a foreign folder to them.
+        main_first(dist, lambda: prepare(held))
+        existing = folder.check(described)
+        if complete(existing):
             info(f"{out} is already complete ({settings.count} images); nothing to do", show and dist.is_main)
             return {**existing, "runs": folder.read_runs()}
-        began = time.perf_counter()
-        if dist.is_main:
-            folder.tidy()
-            manifest = _manifest(described, settings, gen, status="running")
-            folder.write_manifest(manifest)
-        dist.barrier()
+        set_resume("rerun the same command: it draws only the samples still missing")
 
         labels = make_labels(settings.labels, settings.count, gen.num_classes, settings.seed, settings.class_id)
         todo = folder.missing(range(dist.rank, settings.count, dist.world))

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -62,6 +62,7 @@ from sendvae_cli import __version__, distributed
 from sendvae_cli.distributed import Dist
 from sendvae_cli.errors import UserError
 from sendvae_cli.locks import hold_output_lock
+from sendvae_cli.outcome import set_resume
 from sendvae_cli.progress import info, progress_bar
 from sendvae_cli.stopping import Interrupted, ignore_stop_signals, stop_agreed, stop_on_signals
 from sendvae_cli.train.batches import StreamBatchSampler
@@ -311,18 +312,18 @@ def _mean_over_ranks(values: dict[str, float], dist: Dist) -> dict[str, float]:
 def run(trainer: Trainer, out: Path) -> dict[str, Any]:
     """Train (or resume, or find finished) the run in `out`; see the module docstring.
 
-    Rank 0 holds the run folder's lock (`sendvae_cli.locks.hold_output_lock`) throughout, so a
+    Rank 0 holds the run folder's lock (`sendvae_cli.locks.hold_output_lock`) from the start, so a
     second run on the same folder stops at once, naming this one; temporaries a killed run left
     (half-written checkpoints, exports, config files) are removed before anything is written.
     """
     cfg = trainer.config
     out = Path(out)
     dist = distributed.init(cfg.device)
-    with hold_output_lock(out, enabled=dist.is_main):
-        return _run(trainer, out, dist)
+    with ExitStack() as held:
+        return _run(trainer, out, dist, lock=lambda: held.enter_context(hold_output_lock(out)))
 
 
-def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
+def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
     cfg = trainer.config
     show = dist.is_main and not cfg.quiet
     device = dist.device
@@ -338,11 +339,15 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
     ctx.total_steps = steps
     record = dict(cfg.record(), total_steps=steps, accumulation=accumulation, world_size=dist.world,
                   **trainer.data_facts(), producer=f"sendvae {__version__}")
-    # Rank 0 creates or checks the folder first; the others check it only once config.json is
-    # there (checking while rank 0 writes it would see a half-made folder).
+    # Rank 0 locks and creates or checks the folder first; the others check it only once
+    # config.json is there (checking while rank 0 writes it would see a half-made folder).
     ignore = cfg.RUN_ONLY + cfg.RUN_FACTS
-    resumed = prepare_run_dir(out, record, ignore=ignore, is_main=True, added=cfg.ADDED) if dist.is_main else False
-    dist.barrier()
+
+    def prepare() -> bool:
+        lock()
+        return prepare_run_dir(out, record, ignore=ignore, is_main=True, added=cfg.ADDED)
+
+    resumed = bool(distributed.main_first(dist, prepare))
     if not dist.is_main:
         prepare_run_dir(out, record, ignore=ignore, is_main=False, added=cfg.ADDED)
 
@@ -367,6 +372,7 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
             optimizer.load_state_dict(state[name])
         step = int(state["step"])
     ctx.step = step
+    set_resume(f"rerun the same command to resume from step {step}")
 
     if step >= steps:
         done = trainer.finished(step)
@@ -402,6 +408,7 @@ def _run(trainer: Trainer, out: Path, dist: Dist) -> dict[str, Any]:
                 info(describe_checkpoint(saved, cfg.keep_checkpoints), show)
             trainer.checkpointed(at_step, ctx)
         dist.barrier()
+        set_resume(f"rerun the same command to resume from step {at_step}")
 
     tracker = open_trackers(cfg.tracker, out, record) if dist.is_main else Tracker()
     try:
