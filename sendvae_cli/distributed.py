@@ -102,6 +102,35 @@ def main_first(dist_: Dist, prepare: Callable[[], T]) -> T | None:
     return result
 
 
+def share(dist_: Dist, value: T) -> T:
+    """Rank 0's `value` on every rank (a small picklable object)."""
+    if dist_.world == 1:
+        return value
+    box = [value if dist_.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_rows(dist_: Dist, rows: torch.Tensor | None, like: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's `rows` (N_r x ...; None: none this round), in rank order, on every rank.
+
+    The pieces may differ in length (the last round of a pass); they travel padded to the
+    longest, in `like`'s dtype, trailing shape and device. Values arrive bit for bit.
+    """
+    if dist_.world == 1:
+        return [] if rows is None else [rows]
+    rows = like.new_zeros((0, *like.shape[1:])) if rows is None else rows
+    counts = torch.tensor([len(rows)], device=like.device)
+    all_counts = [torch.zeros_like(counts) for _ in range(dist_.world)]
+    dist.all_gather(all_counts, counts)
+    longest = max(int(c) for c in all_counts)
+    padded = like.new_zeros((longest, *like.shape[1:]))
+    padded[: len(rows)] = rows
+    pieces = [torch.zeros_like(padded) for _ in range(dist_.world)]
+    dist.all_gather(pieces, padded)
+    return [piece[: int(c)] for piece, c in zip(pieces, all_counts) if int(c)]
+
+
 def shutdown() -> None:
     """Leave the process group (sample's pipeline calls this when it ends, also on errors)."""
     if dist.is_available() and dist.is_initialized():

@@ -356,3 +356,34 @@ def test_outcome_decides_who_says_what(tmp_path, monkeypatch):
     as_rank(0, 3, "one-stopped")
     assert outcome.settle("lost", "Connection reset by peer", 1) == outcome.Verdict(None, "stopped", 143)
     outcome.set_resume(outcome.DEFAULT_RESUME)
+
+
+# -- fid on several processes --------------------------------------------------------------------
+def test_fid_on_two_processes_gives_the_one_process_figures(tmp_path):
+    """Batch k on rank k mod 2, rank 0 updating the statistics in batch order: the same figures,
+    to the last bit at one thread per process (the result files are the same but for their names). 10 samples in
+    batches of 4 leave rank 1 without a batch in the last round; the reference is computed by
+    both processes and cached by rank 0."""
+    import numpy as np
+    from PIL import Image
+
+    from sendvae_cli.data.shapes import ShapesSource
+    from sendvae_cli.eval.inception import random_inception_weights
+
+    weights = random_inception_weights(tmp_path / "inception.pth", seed=0)
+    for name, count, seed in (("samples", 10, 0), ("ref", 5, 1)):
+        source = ShapesSource(count, 32, seed=seed)
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.fromarray(source[i][0].permute(1, 2, 0).numpy()).save(tmp_path / name / f"{i:03d}.png")
+    args = ["fid", tmp_path / "samples", "--ref", tmp_path / "ref", "--inception-weights", weights, "--batch-size", "4",
+            "--workers", "0", "--device", "cpu", "--quiet"]
+    run_cli(*args, "--json", tmp_path / "one.json", env={"SENDVAE_CACHE": str(tmp_path / "cache-one")})
+    two = torchrun(*args, "--json", tmp_path / "two.json", env={"SENDVAE_CACHE": str(tmp_path / "cache-two")})
+    assert two.stdout.count("sendvae fid (ADM suite)") == 1  # rank 0's table only
+    one, two_ = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["reference"]["from"]["images"] == two_["reference"]["from"]["images"] == "computed"
+    assert len(list((tmp_path / "cache-two" / "fid").glob("*.npz"))) == 1  # written once, by rank 0
+    assert one["metrics"] == two_["metrics"]
+    assert all(np.isfinite(v) for v in one["metrics"].values())
+    assert {**one, "json": None} == {**two_, "json": None}  # the whole result file but its own name

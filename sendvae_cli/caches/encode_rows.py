@@ -33,6 +33,7 @@ from sendvae_cli.caches.h5rows import RowCache, batches
 from sendvae_cli.data.source import ImageSource, to_model_range
 from sendvae_cli.distributed import Dist
 from sendvae_cli.io import write_errors, write_json_atomic
+from sendvae_cli.outcome import set_resume
 from sendvae_cli.progress import info, progress_bar
 from sendvae_cli.stopping import Interrupted, ignore_stop_signals, stop_on_signals
 
@@ -107,6 +108,12 @@ def prepare(cache: RowCache, dist: Dist) -> None:
 def fill(cache: RowCache, source: ImageSource, dist: Dist, step: Step, *, batch_size: int, workers: int,
          label: str, show: bool) -> int:
     """Compute the rows still missing from this rank's blocks; returns how many were computed."""
+    blocks_in_all = len(cache.block_ranges())
+    if blocks_in_all < dist.world:  # blocks are the unit of work: the rest of the processes idle
+        info(f"{cache.out}: {cache.num_rows} rows make {blocks_in_all} block(s) of --block-rows {cache.block_rows}, "
+             f"so only {blocks_in_all} of the {dist.world} processes have work; --block-rows "
+             f"{-(-cache.num_rows // dist.world)} would give each a share", show)
+    set_resume("rerun the same command: the rows written are kept")
     blocks = cache.open_blocks(dist.rank, dist.world, verify=True)
     todo = [(block.path, rows) for block, rows in batches(blocks, batch_size)]
     mine = sum(b.stop - b.start for b in blocks)

@@ -47,7 +47,9 @@ def fid(
                          extractor=extractor, teacher_weights=teacher_weights, random_weights=random_weights,
                          seed=seed, batch_size=batch_size, device=device, num_samples=num_samples, json_out=json_out,
                          workers=workers, cache=cache, quiet=quiet)
-    Console().print(render_table(evaluate(options, registry=found)))
+    result = evaluate(options, registry=found)
+    if result is not None:  # None: a process of a torchrun job other than rank 0
+        Console().print(render_table(result))
 
 
 @app.command()

@@ -12,6 +12,7 @@ Statistics of one extractor are never compared with another's. See docs/fid.md f
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,9 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from sendvae_cli import distributed
+from sendvae_cli.distributed import Dist
 from sendvae_cli.errors import UserError
 from sendvae_cli.eval.extractors import INCEPTION, metric_name, open_extractor
 from sendvae_cli.eval.frechet import Moments, frechet_distance
+from sendvae_cli.eval.inception import LOGITS_DIM
 from sendvae_cli.eval.inputs import (
     PROTOCOL_VERSION,
     ImageInput,
@@ -87,31 +91,55 @@ def strided_rows(count: int, cap: int) -> np.ndarray:
 
 def featurise(images: ImageInput, extractor, *, batch_size: int, workers: int,
               limit: int | None = None, keep_rows: np.ndarray | None = None, inception_score: bool = False,
-              description: str = "Inception features", show: bool = True) -> Featurised:
-    """One pass over the images: running moments, IS sums, and the features of `keep_rows` (default all)."""
+              description: str = "Inception features", show: bool = True, dist: Dist | None = None) -> Featurised | None:
+    """One pass over the images: running moments, IS sums, and the features of `keep_rows` (default all).
+
+    Under torchrun the processes take turns, batch k on rank k mod world (the batches one process
+    would make), and rank 0 receives each round's features in rank order, i.e. in batch order: it
+    updates the statistics exactly as one process does. Ranks other than 0 return None.
+    """
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     count = limit or images.count
     keep = np.arange(count) if keep_rows is None else keep_rows
-    features = np.empty((len(keep), extractor.dim), dtype=np.float32)
-    pool_m = Moments(extractor.dim, extractor.device)
-    spatial_m = Moments(extractor.spatial_dim, extractor.device) if extractor.spatial_dim else None
-    score = InceptionScore(count, IS_SPLITS) if inception_score and extractor.has_logits else None
+    main = rank == 0
+    if main:
+        features = np.empty((len(keep), extractor.dim), dtype=np.float32)
+        pool_m = Moments(extractor.dim, extractor.device)
+        spatial_m = Moments(extractor.spatial_dim, extractor.device) if extractor.spatial_dim else None
+        score = InceptionScore(count, IS_SPLITS) if inception_score and extractor.has_logits else None
+    # What travels between processes: each output the extractor gives (float32 on its device).
+    widths = [extractor.dim, extractor.spatial_dim or 0, LOGITS_DIM if extractor.has_logits else 0]
+    likes = [torch.empty((0, w), device=extractor.device) if w else None for w in widths]
+    rounds = math.ceil(math.ceil(count / batch_size) / world)
+    mine = images.batches(batch_size, limit=count, workers=workers, share=(rank, world))
     seen, kept = 0, 0
     start = time.perf_counter()
-    with progress_bar(description, total=count, unit="img", show=show) as bar:
-        for batch in images.batches(batch_size, limit=count, workers=workers):
-            pool, spatial, logits = extractor(batch)
-            pool_m.update(pool)
-            if spatial_m is not None:
-                spatial_m.update(spatial)
-            if score is not None:
-                score.update(logits)
-            # rows of this batch that are kept for precision/recall
-            hi = np.searchsorted(keep, seen + len(batch))
-            if hi > kept:
-                features[kept:hi] = pool[torch.as_tensor(keep[kept:hi] - seen, device=pool.device)].cpu().numpy()
-                kept = hi
-            seen += len(batch)
-            bar.advance(len(batch))
+    with progress_bar(description, total=count, unit="img", show=show and main) as bar:
+        for _ in range(rounds):
+            batch = next(mine, None)  # this process's batch of the round (none in a short last round)
+            outputs = extractor(batch) if batch is not None else (None, None, None)
+            pieces = [distributed.gather_rows(dist, out, like) if like is not None else None
+                      for out, like in zip(outputs, likes)] if world > 1 else [[o] for o in outputs]
+            if not main:
+                continue
+            for k in range(len(pieces[0])):
+                pool = pieces[0][k]
+                spatial = pieces[1][k] if pieces[1] is not None else None
+                logits = pieces[2][k] if pieces[2] is not None else None
+                pool_m.update(pool)
+                if spatial_m is not None:
+                    spatial_m.update(spatial)
+                if score is not None:
+                    score.update(logits)
+                # rows of this batch that are kept for precision/recall
+                hi = np.searchsorted(keep, seen + len(pool))
+                if hi > kept:
+                    features[kept:hi] = pool[torch.as_tensor(keep[kept:hi] - seen, device=pool.device)].cpu().numpy()
+                    kept = hi
+                seen += len(pool)
+                bar.advance(len(pool))
+    if not main:
+        return None
     if seen != count:
         raise UserError(f"{images.option} {images.path}: expected {count} images, read {seen}")
     return Featurised(pool_m, spatial_m, features, score, time.perf_counter() - start)
@@ -121,29 +149,48 @@ def _label(extractor) -> str:
     return "Inception" if extractor.name == INCEPTION else extractor.name
 
 
-def _reference_from_images(ref: Reference, extractor, options: FidOptions,
-                           batch_size: int, workers: int) -> tuple[ReferenceStats, str]:
-    """Statistics of the reference's images: from the cache, or computed (and cached)."""
+def _reference_from_images(ref: Reference, extractor, options: FidOptions, batch_size: int, workers: int,
+                           dist: Dist | None = None) -> tuple[ReferenceStats | None, str]:
+    """Statistics of the reference's images: from the cache, or computed (and cached).
+
+    Under torchrun rank 0 alone hashes the images and reads or writes the cache (the key is the
+    images' content and the extractor's weights, the same on every rank); the others learn only
+    whether it held them, and help compute them when not. They return (None, provenance).
+    """
     images = ref.images
     assert images is not None
+    main = dist is None or dist.is_main
     cap = options.pr_reference_cap
-    cached_path = None
-    if options.cache:
+    cached_path, stats = None, None
+
+    def lookup() -> tuple[Path, ReferenceStats | None]:
         info(f"hashing {images.count} reference images for the statistics cache ...", show=not options.quiet)
         key = cache_key(images.content_sha256(workers=max(1, workers)), extractor.sha256, cap, extractor.name)
-        cached_path = cache_dir() / f"{key}.npz"
-        if cached_path.is_file():
+        path = cache_dir() / f"{key}.npz"
+        if path.is_file():
             try:
-                stats, _ = read_stats_file(cached_path, "cache")
+                found, _ = read_stats_file(path, "cache")
             except UserError as error:
                 warn(f"ignoring a damaged cache entry: {error}")
-                stats = None
-            if (stats is not None and stats.meta.get("weights_sha256") == extractor.sha256
-                    and stats_extractor(stats) == extractor.name):
-                return stats, "cache"
+                return path, None
+            if found.meta.get("weights_sha256") == extractor.sha256 and stats_extractor(found) == extractor.name:
+                return path, found
+        return path, None
+
+    if options.cache:
+        if dist is None:
+            cached_path, stats = lookup()
+            hit = stats is not None
+        else:
+            cached_path, stats = distributed.main_first(dist, lookup) or (None, None)
+            hit = distributed.share(dist, stats is not None)
+        if hit:
+            return stats, "cache"
     done = featurise(images, extractor, batch_size=batch_size, workers=workers,
                      keep_rows=strided_rows(images.count, cap), description=f"{_label(extractor)} features: reference",
-                     show=not options.quiet)
+                     show=not options.quiet, dist=dist)
+    if not main:
+        return None, "computed"
     stats = ReferenceStats(done.pool.gaussian(), done.spatial.gaussian() if done.spatial else None, done.features,
                            {"extractor": extractor.name, "weights_sha256": extractor.sha256,
                             "source": images.describe(), "pr_features": len(done.features)})
@@ -156,8 +203,9 @@ def _reference_from_images(ref: Reference, extractor, options: FidOptions,
 
 
 def resolve_reference(ref: Reference, extractor, options: FidOptions, batch_size: int,
-                      workers: int) -> tuple[ReferenceStats, dict[str, Any]]:
-    """The statistics and features the metrics use, and where each came from."""
+                      workers: int, dist: Dist | None = None) -> tuple[ReferenceStats | None, dict[str, Any]]:
+    """The statistics and features the metrics use, and where each came from (None on ranks > 0,
+    which only help compute what the reference file lacks)."""
     provenance: dict[str, Any] = {}
     file_stats = ref.stats
     if file_stats is not None and ref.kind == "stats":
@@ -175,7 +223,9 @@ def resolve_reference(ref: Reference, extractor, options: FidOptions, batch_size
     need_images = file_stats is None or file_stats.spatial is None or file_stats.features is None
     from_images: ReferenceStats | None = None
     if need_images and ref.images is not None:
-        from_images, provenance["images"] = _reference_from_images(ref, extractor, options, batch_size, workers)
+        from_images, provenance["images"] = _reference_from_images(ref, extractor, options, batch_size, workers, dist)
+    if dist is not None and not dist.is_main:
+        return None, provenance
     if file_stats is not None:
         pool, spatial, features = file_stats.pool, file_stats.spatial, file_stats.features
         provenance["fid"] = "file"
@@ -231,11 +281,13 @@ def _pick_device(requested: str) -> torch.device:
         raise UserError(f"--device {requested}: {error}") from None
 
 
-def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, Any]:
-    """Every figure and the protocol, as written to the JSON file (which is written here too)."""
+def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, Any] | None:
+    """Every figure and the protocol, as written to the JSON file (which is written here too).
+
+    Under torchrun every process featurises its share of the images (`featurise`) and rank 0
+    computes and writes the figures; the other ranks return None.
+    """
     started = time.perf_counter()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("sendvae fid runs as one process (it uses one GPU); start it without torchrun")
     if options.batch_size is not None and options.batch_size <= 0:
         raise UserError(f"--batch-size {options.batch_size}: expected a positive number")
     if options.num_samples is not None and options.num_samples <= 0:
@@ -253,10 +305,17 @@ def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, An
     _check_counts(samples, count, ref, inception_score=options.extractor == INCEPTION)
     json_path = Path(options.json_out).expanduser() if options.json_out else default_json_path(options.samples)
 
-    if extractor is None:
-        extractor = open_extractor(options.extractor, registry=registry, device=_pick_device(options.device),
-                                   inception_weights=options.inception_weights, teacher_weights=options.teacher_weights,
-                                   random_weights=options.random_weights, seed=options.seed)
+    _pick_device(options.device)  # a wrong --device is one line before any process group starts
+    dist = distributed.init(options.device if extractor is None else str(extractor.device))
+
+    def extractor_for(device: torch.device):
+        return open_extractor(options.extractor, registry=registry, device=device,
+                              inception_weights=options.inception_weights, teacher_weights=options.teacher_weights,
+                              random_weights=options.random_weights, seed=options.seed)
+
+    if extractor is None:  # rank 0 first: weights a process downloads are there for the others
+        opened = distributed.main_first(dist, lambda: extractor_for(dist.device))
+        extractor = opened if dist.is_main else extractor_for(dist.device)
     if options.random_weights:
         warn(f"extractor {extractor.name} has random weights (--random-weights): a smoke test; its figures mean nothing")
     elif not extractor.is_release and extractor.name == INCEPTION:
@@ -266,9 +325,11 @@ def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, An
     device = extractor.device
     batch_size = options.batch_size or (250 if device.type == "cuda" else 32)
 
-    reference, provenance = resolve_reference(ref, extractor, options, batch_size, workers)
+    reference, provenance = resolve_reference(ref, extractor, options, batch_size, workers, dist)
     done = featurise(samples, extractor, batch_size=batch_size, workers=workers, limit=count, inception_score=True,
-                     description=f"{_label(extractor)} features: samples", show=not options.quiet)
+                     description=f"{_label(extractor)} features: samples", show=not options.quiet, dist=dist)
+    if not dist.is_main:
+        return None
     sample_pool = done.pool.gaussian()
     fid = frechet_distance(sample_pool, reference.pool)
     sfid = None

@@ -74,8 +74,10 @@ class ImageInput(ABC):
     width: int
 
     @abstractmethod
-    def batches(self, batch_size: int, limit: int | None = None, workers: int = 0) -> Iterator[torch.Tensor]:
-        """The images in order, `batch_size` at a time (the first `limit` of them)."""
+    def batches(self, batch_size: int, limit: int | None = None, workers: int = 0,
+                share: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+        """The images in order, `batch_size` at a time (the first `limit` of them). With `share`
+        (rank, world) only batches k with k % world == rank: one process's part of the pass."""
 
     @abstractmethod
     def content_sha256(self, workers: int = 8) -> str:
@@ -141,18 +143,22 @@ class FolderImages(ImageInput):
         self.files = files
         self.count = len(files)
 
-    def batches(self, batch_size: int, limit: int | None = None, workers: int = 0) -> Iterator[torch.Tensor]:
+    def batches(self, batch_size: int, limit: int | None = None, workers: int = 0,
+                share: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
+        from sendvae_cli.stopping import ignore_stop_signals
+
         files = self.files[: limit or self.count]
-        loader = torch.utils.data.DataLoader(_Decode(files, self.height, self.width), batch_size=batch_size,
-                                             num_workers=workers, shuffle=False, pin_memory=torch.cuda.is_available(),
-                                             persistent_workers=False)
-        start = 0
-        for images, problems in loader:
-            for offset, problem in enumerate(problems):
+        rank, world = share
+        mine = [list(range(start, min(start + batch_size, len(files))))
+                for start in range(rank * batch_size, len(files), world * batch_size)]
+        loader = torch.utils.data.DataLoader(_Decode(files, self.height, self.width), batch_sampler=mine,
+                                             num_workers=workers, pin_memory=torch.cuda.is_available(),
+                                             persistent_workers=False, worker_init_fn=ignore_stop_signals)
+        for indices, (images, problems) in zip(mine, loader):
+            for index, problem in zip(indices, problems):
                 if problem:
-                    name = files[start + offset].relative_to(self.path)
+                    name = files[index].relative_to(self.path)
                     raise UserError(f"{self.option} {self.path}: cannot decode image {name} ({problem})")
-            start += len(images)
             yield images
 
     def content_sha256(self, workers: int = 8) -> str:
@@ -217,25 +223,28 @@ class NpzImages(ImageInput):
             extra_length = int.from_bytes(local[28:30], "little")
         return info.header_offset + 30 + name_length + extra_length
 
-    def batches(self, batch_size: int, limit: int | None = None, workers: int = 0) -> Iterator[torch.Tensor]:
+    def batches(self, batch_size: int, limit: int | None = None, workers: int = 0,
+                share: tuple[int, int] = (0, 1)) -> Iterator[torch.Tensor]:
         count = limit or self.count
+        rank, world = share
         if self.offset is not None:
             array = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=self.shape)
-            for start in range(0, count, batch_size):
+            for start in range(rank * batch_size, count, world * batch_size):
                 chunk = np.array(array[start : min(start + batch_size, count)])
                 yield torch.from_numpy(chunk).permute(0, 3, 1, 2)
             del array
             return
         item = self.height * self.width * 3
         with zipfile.ZipFile(self.path) as archive, archive.open("arr_0.npy") as stream:
-            _read_npy_header(stream)
-            for start in range(0, count, batch_size):
+            _read_npy_header(stream)  # compressed: no seeking, the other processes' batches are read past
+            for k, start in enumerate(range(0, count, batch_size)):
                 n = min(batch_size, count - start)
                 data = stream.read(n * item)
                 if len(data) != n * item:
                     raise UserError(f"{self.option} {self.path}: arr_0 ends early (truncated file)")
-                chunk = np.frombuffer(data, dtype=np.uint8).reshape(n, self.height, self.width, 3)
-                yield torch.from_numpy(chunk.copy()).permute(0, 3, 1, 2)
+                if k % world == rank:
+                    chunk = np.frombuffer(data, dtype=np.uint8).reshape(n, self.height, self.width, 3)
+                    yield torch.from_numpy(chunk.copy()).permute(0, 3, 1, 2)
 
     def content_sha256(self, workers: int = 8) -> str:
         total = hashlib.sha256(b"npz\n")
