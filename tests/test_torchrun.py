@@ -61,7 +61,7 @@ LINES = torchrun_lines()
 
 def test_the_docs_show_torchrun_lines_for_each_stage():
     commands = {args[0] for _, _, args in LINES}
-    assert {"train-vae", "cache-latents", "train-sit", "sample", "recon", "extract"} <= commands, commands
+    assert {"train-vae", "cache-latents", "train-sit", "sample", "fid", "recon", "extract"} <= commands, commands
     assert {world for _, world, _ in LINES} >= {8, 32}
 
 
@@ -187,7 +187,8 @@ def test_sample_refuses_a_foreign_out_once(sit, tmp_path):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     proc = torchrun("sample", sit, "--out", foreign, *SAMPLE, check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 1  # torchrun's code for any failed worker (docs/torchrun.md)
+    assert re.search(r"exitcode\s+: 2 \(pid", proc.stderr)  # the workers' own
     ours = our_lines(proc.stderr)
     assert ours == [f"error: --out {foreign}: exists and is not a sample folder (no sample.json); choose another --out"]
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]

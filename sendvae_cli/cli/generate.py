@@ -48,7 +48,7 @@ def train_sit(
     steps: Annotated[Optional[int], typer.Option("--steps", "--max-train-steps", help="Optimizer steps (paper: 400000; overrides --epochs).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Passes over the cache instead of --steps.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch (paper: 256), kept on any number of processes by gradient accumulation.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
-    micro_batch: Annotated[Optional[int], typer.Option(help="Latents per forward pass and process (default: the preset's memory choice, paper 64, lowered until it divides the global batch over the processes).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    micro_batch: Annotated[Optional[int], typer.Option(help="Latents per forward pass and process (default: the preset value, paper 64, a per-device memory choice lowered until it divides the global batch over the processes).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", "--learning-rate", help="AdamW learning rate (paper: 1e-4, no weight decay).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     beta2: Annotated[Optional[float], typer.Option("--beta2", "--adam-beta2", help="AdamW's second-moment decay (paper and tiny: 0.999; lower follows a changing gradient sooner). beta1 is 0.9.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     grad_clip: Annotated[Optional[float], typer.Option("--grad-clip", "--max-grad-norm", help="Gradient norm clip, 0 = off (paper: 1.0).", rich_help_panel=OPT_PANEL, show_default=False)] = None,

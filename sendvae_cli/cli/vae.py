@@ -34,7 +34,7 @@ def train_vae(
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Passes over the data (paper: 80).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Global batch (paper: 1024), kept on any number of GPUs by gradient accumulation.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
-    micro_batch: Annotated[Optional[int], typer.Option(help="Images per forward pass and process (default: the preset's memory choice, paper 32, lowered until it divides the global batch over the processes).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    micro_batch: Annotated[Optional[int], typer.Option(help="Images per forward pass and process (default: the preset value, paper 32, a per-device memory choice lowered until it divides the global batch over the processes).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (paper: 3e-4).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Gradient norm clip, 0 = off (paper: 1.0).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     ema: Annotated[Optional[float], typer.Option(help="EMA decay of the VAE weights, 0 = off (default off).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
