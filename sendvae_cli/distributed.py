@@ -131,6 +131,21 @@ def gather_rows(dist_: Dist, rows: torch.Tensor | None, like: torch.Tensor) -> l
     return [piece[: int(c)] for piece, c in zip(pieces, all_counts) if int(c)]
 
 
+def finish() -> None:
+    """The command is done on this process: wait for the others, then leave the group.
+
+    Ranks that end early (the others while rank 0 computes figures or trains probes) wait here:
+    a process that exits while another still holds the group can abort on its way out (gloo:
+    "terminate called without an active exception"), and a job ends when its last process does.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def shutdown() -> None:
     """Leave the process group (sample's pipeline calls this when it ends, also on errors)."""
     if dist.is_available() and dist.is_initialized():

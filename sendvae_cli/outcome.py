@@ -16,6 +16,9 @@ TCPStore of the rendezvous, which outlives the workers) and one line is printed 
               A rank that posted an error, a stop or a crash has spoken for itself already.
     crashed   an unexpected exception: its rank prints the traceback; the others stay silent.
 
+The rank that prints the job's line marks that it did, and no rank prints one after it: a worker
+stopped on its own says so, and the stop the launcher then sends the others adds nothing.
+
 Processes on one machine also post their pid when the process group starts, so a survivor tells
 a process that has ended from one that is merely slow to post. Without a store (one process, or
 a launch whose store lived in a rank that died) every process prints its own line, named.
@@ -34,13 +37,14 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 ERROR_WAIT_S = 3.0
 STOP_WAIT_S = 10.0
 LOST_WAIT_S = 8.0  # under the launcher's 30 s between its SIGTERM to the survivors and SIGKILL
 DEFAULT_RESUME = "rerun the same command to continue"
 
-_resume = DEFAULT_RESUME
+_resume: str | Callable[[], str] = DEFAULT_RESUME
 _store = None  # None: not tried yet; False: none reachable
 
 
@@ -54,13 +58,19 @@ class Verdict:
     exit_code: int
 
 
-def set_resume(note: str) -> None:
-    """Where a rerun picks up, as the end of a sentence ("rerun the same command to resume from step 40")."""
+def set_resume(note: str | Callable[[], str]) -> None:
+    """Where a rerun picks up, as the end of a sentence ("rerun the same command to resume from step 40"),
+    or a function that reads it from disk when the line is printed (what a rerun will find)."""
     global _resume
     _resume = note
 
 
 def resume_note() -> str:
+    if callable(_resume):
+        try:
+            return _resume()
+        except Exception:  # noqa: BLE001 - a damaged folder: the rerun will say what is wrong with it
+            return DEFAULT_RESUME
     return _resume
 
 
@@ -191,7 +201,7 @@ def settle(kind: str, message: str, exit_code: int) -> Verdict:
     if kind == "stopped" and any(r != rank() and r not in _posts() and _ended(r) for r in range(world())):
         kind = "lost"  # the signal came from the launcher, because a process ended: that is the news
     if not _post(f"said/{rank()}", f"{kind}\t{exit_code}\t{message}"):
-        return Verdict(named(message if kind != "lost" else f"{message}; {_resume}"), label, exit_code)
+        return Verdict(named(message if kind != "lost" else f"{message}; {resume_note()}"), label, exit_code)
     if kind == "crashed":
         return Verdict(None, label, exit_code)
     if kind == "lost":
@@ -246,14 +256,14 @@ def _lost(message: str) -> Verdict:
     if reporter != rank():
         return Verdict(None, "error", 1)
     if not silent:
-        return _speak(Verdict(f"the processes lost touch with each other ({message}); {_resume}", "error", 1))
+        return _speak(Verdict(f"the processes lost touch with each other ({message}); {resume_note()}", "error", 1))
     who = _ranks(silent)
     if len(ended) == len(silent):
         what = f"{who} of {world()} ended without a word (killed, out of memory, or a crash)"
     else:
         what = f"{who} of {world()} stopped answering (killed, out of memory, a crash, or its machine is gone)"
-    return _speak(Verdict(f"{what}; the other processes stopped with it. {_resume[0].upper()}{_resume[1:]}",
-                          "error", 1))
+    note = resume_note()
+    return _speak(Verdict(f"{what}; the other processes stopped with it. {note[0].upper()}{note[1:]}", "error", 1))
 
 
 def _ranks(ranks: list[int]) -> str:

@@ -119,6 +119,7 @@ def test_split_batch_keeps_the_global_batch_and_the_preset_micro_batch_as_a_ceil
         [(1, 64, 4), (2, 64, 2), (4, 64, 1), (8, 32, 1), (16, 16, 1), (32, 8, 1)]
     assert [split_batch(1024, w, 32, auto=True).accumulation for w in (1, 8, 32)] == [32, 4, 1]
     assert split_batch(32, 2, 32, auto=True).micro_batch == 16 and split_batch(16, 2, 16, auto=True).micro_batch == 8
+    assert split_batch(8, 2, 8, auto=True).micro_batch == 4
     assert split_batch(16, 1, 16, auto=True).note is None  # nothing chosen: nothing said
     assert "micro-batch 8 per process (x 2 process(es) x 1 accumulated = global batch 16" in \
         split_batch(16, 2, 16, auto=True).note
@@ -157,16 +158,26 @@ def test_tiny_presets_run_on_two_processes_without_micro_batch(latents, tmp_path
     proc = torchrun("train-sit", latents, "--preset", "tiny", "--images", "shapes", "--random-weights", "--steps", "2",
                     "--checkpoint-every", "2", "--sample-every", "2", "--preview-count", "4", "--preview-steps", "2",
                     "--workers", "0", "--out", sit)
+    from sendvae_cli.train import sit_config, vae_config
+    from sendvae_cli.train.loop import split_batch
+
+    def expected(presets):  # (global batch, micro-batch, accumulation, world size) on 2 processes
+        batch, most = presets["tiny"]["batch_size"], presets["tiny"]["micro_batch"]
+        split = split_batch(batch, 2, most, auto=True)
+        return batch, split.micro_batch, split.accumulation, 2
+
     config = json.loads((sit / "config.json").read_text())
-    assert (config["batch_size"], config["micro_batch"], config["accumulation"], config["world_size"]) == (32, 16, 1, 2)
-    assert proc.stderr.count("micro-batch 16 per process") == 1  # said once, by rank 0
+    assert (config["batch_size"], config["micro_batch"], config["accumulation"], config["world_size"]) == \
+        expected(sit_config.PRESETS)
+    assert proc.stderr.count(f"micro-batch {config['micro_batch']} per process") == 1  # said once, by rank 0
     assert "FutureWarning" not in proc.stderr
     vae = tmp_path / "vae"
     torchrun("train-vae", "shapes", "--preset", "tiny", "--random-weights", "--num-images", "64", "--steps", "2",
              "--checkpoint-every", "2", "--sample-every", "2", "--stats-images", "32", "--workers", "0", "--quiet",
              "--out", vae)
     config = json.loads((vae / "config.json").read_text())
-    assert (config["batch_size"], config["micro_batch"], config["accumulation"], config["world_size"]) == (16, 8, 1, 2)
+    assert (config["batch_size"], config["micro_batch"], config["accumulation"], config["world_size"]) == \
+        expected(vae_config.PRESETS)
     assert (vae / "export" / "vae.json").is_file()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -54,7 +55,8 @@ def user_errors(command):
     Under torchrun the processes agree on one line for the job (`sendvae_cli.outcome`): an error or
     a stop is said once (by rank 0, or by the rank that met it alone, named), and when a process
     dies the survivors' failed collective calls become one line naming it and how to resume.
-    Python warnings are shown by rank 0 only: every rank runs the same code."""
+    Python warnings are shown by rank 0 only: every rank runs the same code. A command that
+    succeeds waits for the job's other processes before it returns (`distributed.finish`)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -65,7 +67,12 @@ def user_errors(command):
 
             warnings.simplefilter("ignore")
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
+            if "torch.distributed" in sys.modules:  # a command that never imported torch has no group
+                from sendvae_cli.distributed import finish
+
+                finish()  # under torchrun: every process ends together
+            return result
         except UserError as error:
             from sendvae_cli.stopping import Interrupted
 

@@ -300,6 +300,14 @@ class Trainer(ABC):
 # --------------------------------------------------------------------------------------------
 
 
+def resume_note(checkpoints: Checkpoints) -> str:
+    """Where a rerun of the command picks up: the checkpoint `latest` names, read when it is said."""
+    latest = checkpoints.latest()
+    if latest is None:
+        return "rerun the same command to start again (no step was saved yet)"
+    return f"rerun the same command to resume from step {int(latest.name.rsplit('-', 1)[-1])}"
+
+
 def _mean_over_ranks(values: dict[str, float], dist: Dist) -> dict[str, float]:
     if dist.world == 1 or not values:
         return values
@@ -372,7 +380,7 @@ def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
             optimizer.load_state_dict(state[name])
         step = int(state["step"])
     ctx.step = step
-    set_resume(f"rerun the same command to resume from step {step}")
+    set_resume(lambda: resume_note(checkpoints))
 
     if step >= steps:
         done = trainer.finished(step)
@@ -408,7 +416,6 @@ def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
                 info(describe_checkpoint(saved, cfg.keep_checkpoints), show)
             trainer.checkpointed(at_step, ctx)
         dist.barrier()
-        set_resume(f"rerun the same command to resume from step {at_step}")
 
     tracker = open_trackers(cfg.tracker, out, record) if dist.is_main else Tracker()
     try:
