@@ -37,8 +37,8 @@ def test_the_chain_runs_end_to_end_and_a_rerun_does_nothing(tmp_path):
     # Every command is printed before it runs.
     for command in ("extract", "train-vae", "cache-latents", "train-sit", "sample", "fid", "probe", "recon"):
         assert f"-m sendvae_cli {command} " in first.stdout
-    # The VAE's precision is chosen for this CPU and shown in its command line.
-    assert any(f"--precision {p} " in first.stdout for p in ("bf16", "fp32"))
+    # One recipe on every CPU: the VAE trains in fp32 unless VAE_PRECISION says otherwise.
+    assert "--precision fp32 " in first.stdout
     assert "--steps 4 --align-start 2 " in first.stdout  # the alignment starts half-way
     summary = json.loads((out / "summary.json").read_text())
     assert [s["step"] for s in summary["steps"]] == STEPS

@@ -37,12 +37,20 @@ def test_run_folder_contents(reference):
     assert (reference / "config.json").exists()
     config = json.loads((reference / "config.json").read_text())
     assert config["teacher"] == "dinov2-s" and config["total_steps"] == 12 and config["lr"] == 1e-3
+    assert config["grad_clip"] == 0.25 and config["logvar_init"] == -4.0  # the tiny preset's
     assert (reference / "checkpoints" / "latest").read_text() == "step-000012"
     assert sorted(p.name for p in (reference / "samples").iterdir()) == ["recon-000006.png", "recon-000012.png"]
     steps = [s for s, _ in losses(reference)]
     assert steps == [2, 4, 6, 8, 10, 12]
     info = json.loads((reference / "export" / "vae.json").read_text())
     assert info["provenance"]["steps"] == 12 and len(info["latent_std"]) == 8
+
+
+def test_logvar_init_is_not_applied_to_trained_weights(reference, tmp_path):
+    loud = [a for a in TINY if a != "--quiet"]
+    result = invoke("train-vae", *loud, "--vae", reference / "export", "--steps", "1", "--out", tmp_path / "more")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--logvar-init -4: not applied" in result.stdout + result.stderr
 
 
 def test_exported_vae_loads_in_a_fresh_process_and_encodes(reference):

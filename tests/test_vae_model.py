@@ -102,6 +102,19 @@ def test_posterior_clamps_logvar_and_derives_std():
     assert torch.isfinite(post.kl()).all()
 
 
+def test_logvar_init_starts_the_posterior_std_small_and_leaves_the_mean():
+    torch.manual_seed(0)
+    vae = AutoencoderKL("tiny-f4d4")
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(x)
+        vae.init_posterior_logvar(-4.0)
+        after = vae.encode(x)
+    assert before.std.mean() > 0.5  # PyTorch's init: a std near 1, as wide as the means' spread
+    assert 0.08 < after.std.mean() < 0.25  # e^-2 = 0.14, give or take the random weights' share
+    assert torch.equal(before.mean, after.mean)
+
+
 def test_mode_is_deterministic_and_sample_follows_the_generator(tiny):
     x = images(size=32)
     with torch.no_grad():

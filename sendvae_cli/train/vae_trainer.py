@@ -113,6 +113,13 @@ class VAETrainer(loop.Trainer):
         cfg, device = self.config, ctx.device
         self.loaded = open_vae(cfg.vae, self.registry, weights=cfg.vae_weights)
         vae = self.loaded.model.to(device).train()
+        if cfg.logvar_init is not None:
+            if self.loaded.provenance.get("format") == "random-init":
+                vae.init_posterior_logvar(cfg.logvar_init)
+            elif ctx.dist.is_main and not cfg.quiet:
+                from sendvae_cli.progress import info
+
+                info(f"--logvar-init {cfg.logvar_init:g}: not applied, {cfg.vae} starts from trained weights")
         # oneDNN's CPU convolutions run about 1.2x faster on channels-last tensors at these sizes
         # (fp32 and bf16, benchmarks/train_vae_step.py); on CUDA cuDNN chooses its own layout.
         self.memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
