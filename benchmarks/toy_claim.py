@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-precision", default=None, choices=["auto", "fp32", "bf16"],
                    help="as the main job: fp32 on a CPU (every CPU trains the same VAE); auto on CUDA")
     p.add_argument("--vae-steps", type=int, default=1200, help="as the main job (the tiny preset's)")
-    p.add_argument("--sit-steps", type=int, default=2000, help="as the main job")
+    p.add_argument("--sit-steps", type=int, default=3000, help="as the main job")
     p.add_argument("--sit-model", default="SiT-mini/4", help="as the main job")
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--ref-images", type=int, default=1000)
