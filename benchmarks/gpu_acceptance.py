@@ -40,7 +40,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -718,6 +718,9 @@ def main() -> None:
     p.add_argument("--repae", type=Path, default=None,
                    help="a checkout of End2End-Diffusion/REPA-E (never committed): their step and sampling loop side by side")
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's bf16 dense peak, when its name is not known")
+    p.add_argument("--cap-scale", type=float, default=1.0,
+                   help="multiply every time cap and the budget (a loaded machine: the smoke run checks that the "
+                        "script works, and its caps are there to bound a GPU loan, not to time the CPU)")
     p.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
@@ -737,6 +740,11 @@ def main() -> None:
             p.exit(2, f"error: --repae {args.repae}: not a REPA-E checkout (no models/sit.py)\n")
         args.repae = args.repae.resolve()
     sizes = SMOKE if args.smoke else GPU
+    if args.cap_scale <= 0:
+        p.exit(2, f"error: --cap-scale {args.cap_scale}: must be above 0\n")
+    if args.cap_scale != 1.0:
+        sizes = replace(sizes, caps={k: v * args.cap_scale for k, v in sizes.caps.items()},
+                        budget_s=sizes.budget_s * args.cap_scale)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     if args.smoke:
         env["CUDA_VISIBLE_DEVICES"] = ""  # toy sizes on the CPU even where a GPU is present
