@@ -250,6 +250,40 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+class _WriteErrorKeeper:
+    """A file for torch.save that keeps the OSError its writes met (see `save_torch`)."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def save_torch(value: Any, path: Path) -> None:
+    """`torch.save(value, path)`, streamed, with a full disk the OSError (ENOSPC) that
+    `write_errors` reports like any other: torch.save's zip writer turns a failed write into
+    `RuntimeError: [enforce fail at inline_container.cc] unexpected pos`, so the write's own
+    error is kept and raised instead."""
+    import torch
+
+    with open(path, "wb") as f:
+        keeper = _WriteErrorKeeper(f)
+        try:
+            torch.save(value, keeper)
+        except RuntimeError as error:
+            if keeper.error is not None:
+                raise keeper.error from error
+            raise
+
+
 def save_safetensors(tensors: Mapping[str, Any], path: Path, metadata: Mapping[str, str] | None = None) -> None:
     """Write `tensors` (name -> torch tensor) as a safetensors file whose bytes depend only on
     the tensors and `metadata`: names sorted, data in that order, a compact sorted JSON header.

@@ -27,7 +27,8 @@ from conftest import invoke, run_cli
 from sendvae_cli.caches import h5rows
 from sendvae_cli.caches.h5rows import CHECKS, PROGRESS, ArraySpec, RowCache, batches
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import write_error_message, write_errors
+from sendvae_cli import io as sendvae_io
+from sendvae_cli.io import save_torch, write_error_message, write_errors
 from sendvae_cli.locks import hold_output_lock, lock_path
 from sendvae_cli.io import save_safetensors
 
@@ -214,6 +215,50 @@ def test_a_block_taken_over_midway_is_checked_against_its_crcs(tmp_path):
 # --------------------------------------------------------------------------------------------
 #                                      Read-only output
 # --------------------------------------------------------------------------------------------
+
+
+class FullAfter:
+    """A file that takes `room` bytes, then fails every write with ENOSPC, as a full disk does."""
+
+    def __init__(self, path, mode, room):
+        self.file, self.room = open(path, mode), room
+
+    def write(self, data):
+        data = bytes(data)
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def flush(self):
+        self.file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_torch_save_on_a_full_disk_is_the_one_line_of_every_other_full_disk(tmp_path, monkeypatch):
+    # torch.save's own zip writer reports a failed write as "RuntimeError: [enforce fail at
+    # inline_container.cc] unexpected pos"; save_torch raises the write's OSError instead.
+    monkeypatch.setattr(sendvae_io, "open", lambda path, mode: FullAfter(path, mode, room=1000), raising=False)
+    with pytest.raises(UserError, match=r"state.pt: no space left on the device \(the last checkpoint, step-000002, "
+                                        r"is kept\).*rerun to continue"):
+        with write_errors(tmp_path / "state.pt", kept="the last checkpoint, step-000002, is kept"):
+            save_torch({"adam": torch.zeros(100_000)}, tmp_path / "state.pt")
+    monkeypatch.undo()
+    save_torch({"adam": torch.arange(5)}, tmp_path / "state.pt")
+    assert torch.equal(torch.load(tmp_path / "state.pt", weights_only=True)["adam"], torch.arange(5))
+
+
+def test_full_disk_in_a_checkpoints_state_on_a_small_tmpfs(tmp_path):
+    """The same on a real full file system (where this process may mount one)."""
+    with tmpfs(tmp_path / "small", "1m") as disk:
+        with pytest.raises(UserError, match="no space left on the device"):
+            with write_errors(disk / "state.pt"):
+                save_torch({"adam": torch.zeros(1_000_000)}, disk / "state.pt")
 
 
 def test_write_errors_are_one_line_naming_the_file(tmp_path):

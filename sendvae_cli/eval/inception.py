@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import UserError, WeightsNotFound
+from sendvae_cli.io import save_torch
 from sendvae_cli.weights import download, given_file, hub_checkpoints
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -219,5 +220,5 @@ def random_inception_weights(path: Path | str, seed: int = 0) -> Path:
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    save_torch(state, path)
     return path

@@ -23,7 +23,7 @@ from torch import nn
 
 from sendvae_cli.errors import UserError
 from sendvae_cli.io import (atomic_file, fsync_file, fsync_folder, remove_stale_temporaries, save_safetensors,
-                             write_errors)
+                             save_torch, write_errors)
 
 LATEST = "latest"
 
@@ -83,8 +83,7 @@ class Checkpoints:
             tmp.mkdir()
             try:
                 save_safetensors(tensors, tmp / "weights.safetensors")
-                with open(tmp / "state.pt", "wb") as f:  # a file object: a full disk is an OSError
-                    torch.save(state, f)
+                save_torch(state, tmp / "state.pt")
                 for name in ("weights.safetensors", "state.pt"):
                     fsync_file(tmp / name)
                 fsync_folder(tmp)
