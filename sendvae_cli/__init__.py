@@ -9,11 +9,11 @@ so that `sendvae --help` and `sendvae plugins` answer at once. Plugin authors us
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from sendvae_cli.hookspecs import hookimpl
-from sendvae_cli.specs import DatasetSpec, GeneratorSpec, TeacherSpec, VAEBaseSpec
+from sendvae_cli.specs import DatasetSpec, GeneratorSpec, MetricSpec, TeacherSpec, VAEBaseSpec
 
 try:
     __version__ = _version("sendvae")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+source"
 
-__all__ = ["hookimpl", "TeacherSpec", "DatasetSpec", "VAEBaseSpec", "GeneratorSpec", "__version__"]
+__all__ = ["hookimpl", "TeacherSpec", "DatasetSpec", "VAEBaseSpec", "GeneratorSpec", "MetricSpec", "__version__"]

@@ -28,3 +28,9 @@ def register_generators(register):
 @hookspec
 def register_datasets(register):
     """Register named datasets usable wherever a DATA argument is taken: `register(DatasetSpec(...))`."""
+
+
+@hookspec
+def register_metrics(register):
+    """Register figures `sendvae fid` computes from its features: `register(MetricSpec(...))`."""
+

@@ -20,7 +20,7 @@ import pluggy
 
 from sendvae_cli import hookspecs
 from sendvae_cli.errors import UserError
-from sendvae_cli.specs import DatasetSpec, GeneratorSpec, TeacherSpec, VAEBaseSpec
+from sendvae_cli.specs import DatasetSpec, GeneratorSpec, MetricSpec, TeacherSpec, VAEBaseSpec
 
 ENTRY_POINT_GROUP = "sendvae"
 
@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = {
     "sendvae.datasets": "sendvae_cli.data.builtin",
     "sendvae.vae_bases": "sendvae_cli.vae.builtin",
     "sendvae.generators": "sendvae_cli.generators.builtin",
+    "sendvae.metrics": "sendvae_cli.eval.builtin_metrics",
 }
 
 # kind -> (hook name, what a user calls one of these)
@@ -38,10 +39,12 @@ KINDS = {
     "vae_base": ("register_vae_bases", "VAE base"),
     "generator": ("register_generators", "generator"),
     "dataset": ("register_datasets", "dataset"),
+    "metric": ("register_metrics", "metric"),
 }
 
 
-SPEC_TYPES = {"teacher": TeacherSpec, "vae_base": VAEBaseSpec, "generator": GeneratorSpec, "dataset": DatasetSpec}
+SPEC_TYPES = {"teacher": TeacherSpec, "vae_base": VAEBaseSpec, "generator": GeneratorSpec, "dataset": DatasetSpec,
+              "metric": MetricSpec}
 
 
 @dataclass
@@ -186,6 +189,9 @@ class Registry:
 
     def generator(self, name: str):
         return self.get("generator", name)
+
+    def metric(self, name: str):
+        return self.get("metric", name)
 
 
 def unknown_name_message(what: str, name: str, available: list[str]) -> str:

@@ -120,3 +120,18 @@ class GeneratorSpec:
 
     def build(self, **arch):
         return resolve_factory(self.factory)(self, **arch)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A figure `sendvae fid` computes from the extractor's features of the samples and the
+    reference. `factory()` returns a `sendvae_cli.eval.metric.Metric`."""
+
+    name: str
+    description: str
+    factory: Factory
+    aliases: tuple[str, ...] = ()
+
+    def build(self):
+        return resolve_factory(self.factory)()
+

@@ -22,11 +22,14 @@ from typer.testing import CliRunner
 
 from sendvae_cli.cli import app
 from sendvae_cli.data.shapes import ShapesSource
-from sendvae_cli.eval.fid import FidOptions, evaluate, strided_rows
+from sendvae_cli.eval.fid import FidOptions, evaluate, render_table, strided_rows
 from sendvae_cli.eval.frechet import Gaussian, Moments, frechet_distance, trace_sqrt_product
 from sendvae_cli.eval.inception import SPATIAL_DIM, WEIGHTS_FILE, InceptionFeatures, random_inception_weights
 from sendvae_cli.eval.inputs import open_images
+from sendvae_cli.eval.metric import Metric, Row, show
 from sendvae_cli.eval.metrics import inception_score, precision_recall, split_bounds
+from sendvae_cli.hookspecs import hookimpl
+from sendvae_cli.specs import MetricSpec
 from metric_references import ref_precision_recall
 
 N = 16  # images per set: IS needs >= 10 (10 splits), P/R >= 4 (k = 3)
@@ -224,6 +227,75 @@ def test_figures_equal_independent_numpy_computations(work, result_ab):
     assert result_ab["samples"]["used"] == N and result_ab["reference"]["statistics_count"] == N
     with open(result_ab["json"]) as f:
         assert json.load(f)["metrics"] == m
+
+
+def test_kid_is_torch_fidelitys_kid(work, result_ab):
+    """KID against torch-fidelity's own function on the same features: fed float64, it makes the
+    same draws (RandomState(2020), 100 subsets) and the same float64 algebra as ours."""
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
+    from sendvae_cli.eval.kid import kernel_distance
+
+    (pa, _, _), (pb, _, _) = work["feats"]["A"], work["feats"]["B"]
+
+    def theirs(size):
+        found = kid_features_to_metric(torch.from_numpy(pa), torch.from_numpy(pb), kid_subsets=100,
+                                       kid_subset_size=size, kid_kernel="poly", kid_kernel_poly_degree=3,
+                                       kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=2020, verbose=False)
+        return found[KEY_METRIC_KID_MEAN], found[KEY_METRIC_KID_STD]
+
+    # fid takes subsets of all 16 rows (fewer than 1,000): every subset holds the same rows, so the
+    # rounds agree and their spread is rounding only.
+    mean, _ = theirs(N)
+    m = result_ab["metrics"]
+    assert mean != 0 and rel(m["kid"], mean) <= 1e-9 and abs(m["kid_std"]) <= 1e-9 * abs(mean)
+    assert result_ab["protocol"]["metrics"]["kid"]["subset_size"] == N
+    text = " ".join(str(cell) for row in result_ab["metric_rows"] for cell in row)
+    assert "KID" in text and "100 subsets of 16" in text
+    # Subsets smaller than the sets: the draws differ from round to round, and still match theirs.
+    ours_mean, ours_std, size = kernel_distance(pa, pb, subset_size=10)
+    their_mean, their_std = theirs(10)
+    assert size == 10 and rel(ours_mean, their_mean) <= 1e-9 and rel(ours_std, their_std) <= 1e-9 and their_std > 0
+
+
+class NormMetric(Metric):
+    """A third-party metric, written only against eval/metric.py."""
+
+    name = "norm2"
+
+    def compute(self, features):
+        return {"norm2": 2 * float(np.linalg.norm(features.samples, axis=1).mean())}
+
+    def rows(self, figures):
+        return [Row("Twice the mean norm", show(figures["norm2"]), "a test plugin's metric")]
+
+
+class NormPlugin:
+    """The plugin object that registers it through the hook."""
+
+    @staticmethod
+    @hookimpl
+    def register_metrics(register):
+        register(MetricSpec(name="norm2", factory=NormMetric, description="twice the mean feature norm"))
+
+
+def test_a_metric_registered_by_a_plugin_appears_in_fids_table(work):
+    from rich.console import Console
+
+    from sendvae_cli.registry import Registry
+
+    registry = Registry(load_outside=False)
+    registry.register_plugin("test-metric", NormPlugin)
+    assert registry.names("metric") == ["kid", "norm2"] and registry.plugin_of("metric", "norm2") == "test-metric"
+    root = work["root"]
+    result = evaluate(FidOptions(samples=root / "A", ref=root / "B", quiet=True, workers=0,
+                                 json_out=root / "out" / "plugin.json"), extractor=work["extractor"], registry=registry)
+    expected = 2 * np.linalg.norm(work["feats"]["A"][0].astype(np.float32), axis=1).mean()
+    assert rel(result["metrics"]["norm2"], expected) <= 1e-6 and result["metrics"]["kid"] is not None
+    console = Console(width=200, record=True)
+    console.print(render_table(result))
+    text = console.export_text()
+    assert "Twice the mean norm" in text and f"{expected:.4f}" in text and "KID" in text
 
 
 

@@ -35,7 +35,7 @@ def fid(
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Reuse reference statistics cached by content and extractor ($SENDVAE_CACHE/fid).", rich_help_panel=o.RUN_PANEL)] = True,
     quiet: o.Quiet = False,
 ) -> None:
-    """FID, sFID, Inception Score, precision and recall as the ADM suite computes them, or the Fréchet distance in a teacher's space (docs/fid.md)."""
+    """FID, sFID, Inception Score, precision and recall as the ADM suite computes them, or the Fréchet distance in a teacher's space, and KID and any metric a plugin registers (docs/fid.md)."""
     from rich.console import Console
 
     from sendvae_cli.eval.fid import FidOptions, evaluate, render_table

@@ -15,7 +15,7 @@ from sendvae_cli.cli.app import app, registry, user_errors
 def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
 ) -> None:
-    """List installed plugins and what they register: teachers, VAE bases, generators, datasets."""
+    """List installed plugins and what they register: teachers, VAE bases, generators, datasets, metrics."""
     found = registry()
     if as_json:
         typer.echo(json.dumps(plugins_as_dict(found), indent=2))
@@ -62,7 +62,8 @@ def plugin_tables(found, width: int) -> list:
         teachers.add_row(*row + ([s.source, entry.plugin] if wide else []))
     tables.append(teachers)
 
-    for kind, title in (("vae_base", "VAE bases"), ("generator", "Generators"), ("dataset", "Datasets")):
+    for kind, title in (("vae_base", "VAE bases"), ("generator", "Generators"), ("dataset", "Datasets"),
+                        ("metric", "Metrics (sendvae fid adds them to its own)")):
         table = Table(title=title, title_justify="left")
         name_column(table, found.components[kind])
         if kind == "vae_base":
@@ -81,12 +82,12 @@ def plugin_tables(found, width: int) -> list:
 def plugins_as_dict(found) -> dict:
     from sendvae_cli.weights_local import local_weights
 
-    out = {"plugins": [], "teachers": [], "vae_bases": [], "generators": [], "datasets": []}
+    out = {"plugins": [], "teachers": [], "vae_bases": [], "generators": [], "datasets": [], "metrics": []}
     for info in found.plugins.values():
         out["plugins"].append({"name": info.name, "version": info.version, "origin": info.origin,
                                "error": info.error, "registers": info.registered})
     for kind, key in (("teacher", "teachers"), ("vae_base", "vae_bases"), ("generator", "generators"),
-                      ("dataset", "datasets")):
+                      ("dataset", "datasets"), ("metric", "metrics")):
         for name, entry in found.components[kind].items():
             row = {"name": name, "plugin": entry.plugin, "description": getattr(entry.spec, "description", "")}
             if kind in ("teacher", "vae_base"):

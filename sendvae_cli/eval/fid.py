@@ -41,6 +41,7 @@ from sendvae_cli.eval.inputs import (
     save_stats,
     stats_extractor,
 )
+from sendvae_cli.eval.metric import Features
 from sendvae_cli.eval.metrics import IS_SPLITS, PR_NEIGHBOURS, InceptionScore, minimum_counts, precision_recall
 from sendvae_cli.progress import info, progress_bar, warn
 
@@ -272,6 +273,24 @@ def _check_counts(samples: ImageInput, count: int, ref: Reference, inception_sco
                         f"(k={PR_NEIGHBOURS} neighbours) need at least {need['precision_recall']}")
 
 
+def registered_metrics(registry, features: Features) -> tuple[dict[str, Any], list[list[str]], dict[str, Any]]:
+    """Every registered metric on these features: (figures by JSON key, table rows, protocols)."""
+    if registry is None:
+        from sendvae_cli.registry import get_registry
+
+        registry = get_registry()
+    figures: dict[str, Any] = {}
+    rows: list[list[str]] = []
+    protocols: dict[str, Any] = {}
+    for name in registry.names("metric"):
+        metric = registry.metric(name).build()
+        found = metric.compute(features)
+        figures.update(found)
+        rows += [[row.label, row.value, row.definition] for row in metric.rows(found)]
+        protocols[metric.name] = metric.protocol()
+    return figures, rows, protocols
+
+
 def _pick_device(requested: str) -> torch.device:
     from sendvae_cli.distributed import pick_device
 
@@ -347,10 +366,14 @@ def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, An
     inception = extractor.name == INCEPTION
     metrics: dict[str, Any] = {"fid" if inception else "fd": fid, "sfid": sfid, "inception_score": is_mean,
                                "inception_score_std": is_std, "precision": precision, "recall": recall}
+    more, metric_rows, metric_protocols = registered_metrics(
+        registry, Features(done.features, reference.features, extractor.name, device))
+    metrics.update(more)
     result = {
         "extractor": extractor.name,
         "fd_name": metric_name(extractor.name),
         "metrics": metrics,
+        "metric_rows": metric_rows,
         "samples": {**samples.describe(), "used": count},
         "reference": {**ref.describe(), "statistics_count": reference.pool.count,
                       "precision_recall_features": None if reference.features is None else len(reference.features),
@@ -365,6 +388,7 @@ def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, An
             "fid": "float64; tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)); unbiased covariance (n - 1)",
             "inception_score": {"splits": IS_SPLITS, "order": "consecutive, as given"} if inception else None,
             "precision_recall": {"k": PR_NEIGHBOURS, "distance": "squared Euclidean, float32"},
+            "metrics": metric_protocols,
             "batch_size": batch_size,
             "standard_sample_count": ADM_SAMPLES,
         },
@@ -424,6 +448,8 @@ def render_table(result: dict[str, Any]):
         table.add_row("Inception Score", "n/a", "Inception only")
     table.add_row("Precision", show(m["precision"]), f"k = {PR_NEIGHBOURS}")
     table.add_row("Recall", show(m["recall"]), f"k = {PR_NEIGHBOURS}")
+    for label, value, definition in result.get("metric_rows", []):  # registered metrics (KID, plugins)
+        table.add_row(label, value, definition)
     s, r = result["samples"], result["reference"]
     caption = (f"samples: {s['used']} of {s['images']} ({s['kind']}, {s['image_size'][0]}x{s['image_size'][1]}) | "
                f"reference: {r['kind']}, statistics of {r['statistics_count'] or '?'} images, P/R features "
