@@ -68,6 +68,21 @@ class LoadedGenerator:
 
 
 # -- small helpers ----------------------------------------------------------------------------
+def builtin_families() -> dict[str, type]:
+    """The built-in model classes by the family name an export records."""
+    from sendvae_cli.generators.lightningdit import LightningDiT
+
+    return {"SiT": SiT, "LightningDiT": LightningDiT}
+
+
+def family_of(model: nn.Module) -> str:
+    """"SiT" or "LightningDiT" for a built-in model, else the plugin class's qualified name."""
+    for name, cls in builtin_families().items():
+        if type(model) is cls:
+            return name
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
 def _stats(values, channels: int, name: str) -> list[float] | None:
     if values is None:
         return None
@@ -132,7 +147,7 @@ def save_generator_export(folder: Path, model: nn.Module, *, generator: str, lat
         "weights": WEIGHTS_NAME,
         "weights_sha256": None,
         "generator": generator,
-        "family": "SiT" if isinstance(model, SiT) else f"{type(model).__module__}.{type(model).__qualname__}",
+        "family": family_of(model),
         "arch": _jsonable(dict(arch)),
         "num_classes": int(arch.get("num_classes", getattr(model, "num_classes", 0))),
         "latent_mean": mean,
@@ -184,11 +199,12 @@ def _read_info(folder: Path, option: str) -> dict[str, Any]:
 def _build(info: Mapping[str, Any], build: BuildFn | None, where: Path, option: str) -> nn.Module:
     if build is not None:
         return build(info["generator"], info["arch"])
-    if info.get("family", "SiT") != "SiT":
-        raise UserError(f"{option} {where}: generator {info['generator']!r} ({info['family']}) comes from a plugin; "
+    family = info.get("family", "SiT")
+    if family not in builtin_families():
+        raise UserError(f"{option} {where}: generator {info['generator']!r} ({family}) comes from a plugin; "
                         "load it through the registry (pass build=)")
     try:
-        return SiT(**info["arch"])
+        return builtin_families()[family](**info["arch"])
     except (TypeError, ValueError) as error:
         raise UserError(f"{option} {where}: bad \"arch\" in sit.json ({error})") from None
 
@@ -343,7 +359,8 @@ def _arch_from_state(state: dict[str, torch.Tensor], args: dict[str, Any], *, wh
 def import_repa_checkpoint(pt_path: Path, *, use_ema: bool = True, device: torch.device | str = "cpu",
                            generator: str | None = None, heads: int | None = None, encoder_depth: int | None = None,
                            latent_stats=None, option: str = "generator") -> LoadedGenerator:
-    """A REPA / REPA-E SiT checkpoint as a LoadedGenerator (EMA weights unless use_ema=False).
+    """A REPA / REPA-E SiT checkpoint, or a hustvl/LightningDiT one (`lightningdit_checkpoint`), as a
+    LoadedGenerator (EMA weights unless use_ema=False).
 
     Also reads a bare state dict (REPA's released `last.pt`), and REPA's early layout with
     `decoder_blocks.*`. Sizes are read off the tensors; heads come from the model name in
@@ -366,6 +383,11 @@ def import_repa_checkpoint(pt_path: Path, *, use_ema: bool = True, device: torch
     state = _pick_state(checkpoint, use_ema)
     if state is None:
         raise UserError(f"{option} {pt_path}: holds no \"ema\" or \"model\" SiT state dict")
+    from sendvae_cli.generators.lightningdit_checkpoint import import_lightningdit_state, is_lightningdit_state
+
+    if is_lightningdit_state(state):
+        return import_lightningdit_state(state, checkpoint, path=pt_path, use_ema=use_ema, device=device,
+                                         generator=generator, latent_stats=latent_stats, option=option)
     args = _args_dict(checkpoint.get("args"))
     depth_for_legacy = encoder_depth if encoder_depth is not None else int(args.get("encoder_depth", 8))
     state = _undo_legacy_split(dict(state), depth_for_legacy)
