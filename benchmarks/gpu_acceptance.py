@@ -628,7 +628,7 @@ class Acceptance:
             rows = []
         finite = bool(rows) and all(isinstance(v, (int, float)) and math.isfinite(v) for row in rows
                                     for v in row.values())
-        if outcome.ok and finite and (run / "export" / "sit.json").exists():
+        if outcome.ok and finite and (run / "export" / "generator.json").exists():
             r.set("ddp.torchrun", "ok", f"{rows[-1]['step']} steps, loss {rows[-1]['loss']:.3f}, world "
                   f"{config.get('world_size')}", rows[-1]["loss"],
                   "one process takes train-sit's single-process path: DDP itself is the next row")

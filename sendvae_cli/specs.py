@@ -43,6 +43,7 @@ class TeacherSpec:
     aliases: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     tiny: Mapping[str, Any] = field(default_factory=dict)  # arch overrides for a tiny test model
+    needs_weights: bool = True  # False: the component is usable as built (nothing to download)
 
     def build(self, *, weights=None, random_weights: bool = False, arch: Mapping[str, Any] | None = None):
         return resolve_factory(self.factory)(self, weights=weights, random_weights=random_weights, arch=arch)
@@ -78,6 +79,7 @@ class VAEBaseSpec:
     licence: str = ""
     aliases: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    needs_weights: bool = True  # False: a random initialisation is the starting point (nothing to download)
 
     def build(self, **options):
         return resolve_factory(self.factory)(self, **options)

@@ -147,11 +147,11 @@ LABEL_PANEL = "Labels"
 @app.command()
 @user_errors
 def sample(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A train-sit run folder, a generator export, a REPA/REPA-E SiT or LightningDiT .pt checkpoint, or one on the Hugging Face hub: hf:ORG/NAME[/FILE].", show_default=False)],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A train-sit run folder, a generator export, a REPA/REPA-E SiT or LightningDiT .pt checkpoint, or one on the Hugging Face hub: hf:ORG/NAME (or hf:ORG/NAME/FILE).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Sample folder: PNGs, samples.npz, sample.json (rerun the same command to resume).", rich_help_panel=o.RUN_PANEL)] = Path("samples"),
     num: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="Images to draw (default 50000).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
     preset: Annotated[Optional[str], typer.Option(help="paper: 50k balanced samples, SDE 250 steps, CFG 2.5 on [0, 0.75]; lightningdit: hustvl's protocol, 50k random labels, ODE 249 steps shifted 0.3, CFG 6.7 on 3 channels for t <= 0.875. Explicit flags win.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
-    cfg: Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale on all channels; 1 = none (default 1).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
+    cfg: Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale (on all channels unless --cfg-channels); 1 = none (default 1).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
     mode: Annotated[Optional[str], typer.Option(help="ode (Euler / Heun) or sde (Euler-Maruyama, REPA's grid) (default ode).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default 50; the paper: SDE 250).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
     heun: Annotated[bool, typer.Option("--heun", help="Heun's corrector for the ODE (2 x steps - 1 evaluations).", rich_help_panel=SAMPLER_PANEL)] = False,

@@ -91,8 +91,8 @@ def _not_a_generator(path: Path) -> UserError:
     if path.is_file() and _holds_a_vae(path):
         return UserError(f"MODEL {path}: is a VAE checkpoint, not a generator; give the generator as MODEL "
                          f"and the VAE with --vae")
-    return UserError(f"MODEL {path}: not a generator (expected a train-sit run or export folder holding sit.json, "
-                     f"or a REPA/REPA-E SiT .pt checkpoint)")
+    return UserError(f"MODEL {path}: not a generator (expected a train-sit run or export folder holding "
+                     f"generator.json, or a REPA/REPA-E SiT or LightningDiT .pt checkpoint)")
 
 
 def _open_recorded_vae(record: dict[str, Any], model_path: Path):

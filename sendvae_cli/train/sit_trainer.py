@@ -454,7 +454,9 @@ class SiTTrainer(Trainer):
             self.finish(step, ctx)  # the export follows every checkpoint
 
     def finished(self, step: int) -> str | None:
-        if (self.out / "export" / "sit.json").exists():
+        from sendvae_cli.generators.export import info_file
+
+        if info_file(self.out / "export") is not None:
             return f"{self.out} is already complete ({step} steps, exported to {self.out / 'export'}); nothing to do"
         return None
 
