@@ -680,7 +680,7 @@ def ddp_worker(device_name: str, out: Path, steps: int = 3) -> None:
     with torch.no_grad():  # non-zero gates and output layer: every parameter gets a gradient
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    plain = SiTObjective(model.to(device), LatentNormalizer([0.0] * 32, [1.0] * 32).to(device), 0.5, "uniform", 10,
+    plain = SiTObjective(model.to(device), LatentNormalizer([0.0] * 32, [1.0] * 32).to(device), 0.5, "uniform", 0.1,
                          True)
     wrapped_objective = copy.deepcopy(plain)
     wrapped = DDP(wrapped_objective, device_ids=[device.index] if device.type == "cuda" else None,

@@ -232,7 +232,7 @@ def test_compile_compiles_the_entry_point_the_step_calls(monkeypatch):
     monkeypatch.setattr(torch, "compile", fake_compile)
     model = build_sit("SiT-tiny/2", input_size=8, in_channels=4, num_classes=3, projector_dims=[16])
     for proj_weight, called in ((0.5, "forward_with_projections"), (0.0, "SiT")):
-        objective = SiTObjective(model, LatentNormalizer([0.0] * 4, [1.0] * 4), proj_weight, "uniform", 3, True)
+        objective = SiTObjective(model, LatentNormalizer([0.0] * 4, [1.0] * 4), proj_weight, "uniform", 0.1, True)
         objective.compile_model()
         compiled.clear()
         objective(torch.randn(2, 4, 8, 8), torch.ones(2, 4, 8, 8), torch.tensor([0, 2]), torch.randn(2, 16, 16),

@@ -3,12 +3,15 @@
 registry it was registered in; what does not fit it is refused in one line."""
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import invoke, one_line_error, run_cli
 from test_generator_plugin import MyGenerators
+from sendvae_cli import DatasetSpec, hookimpl
 from sendvae_cli.errors import UserError
 from sendvae_cli.registry import Registry
 
@@ -53,6 +56,8 @@ def test_plugin_generator_trains_and_samples(latents, tmp_path, name, proj_weigh
 
     loaded = load_generator_export(out, build=lambda generator, arch: registry.generator(generator).build(**arch))
     assert loaded.generator == name and loaded.num_classes == 5 and loaded.model.null_class == 5
+    if name == "MySiT-micro/1":  # the tiny preset leaves what the spec declares alone
+        assert (loaded.arch["projector_width"], loaded.arch["encoder_depth"]) == (64, 1)
     noise = torch.randn(2, 8, 4, 4)
     z = ode_sample(loaded.model, noise, torch.tensor([0, 3]), steps=3, cfg_scale=2.0, null_class=5)
     assert z.shape == (2, 8, 4, 4) and torch.isfinite(z).all()
@@ -86,3 +91,41 @@ def test_sampling_a_run_of_a_missing_plugin_names_it(latents, tmp_path):
     train_sit(tiny_config(latents, "MicroFlow", steps=2, proj_weight=0.0), plugin_registry(), out)
     proc = invoke("sample", out, "-n", "2", "--steps", "2", "--out", tmp_path / "samples", "--device", "cpu")
     one_line_error(proc, "generator 'MicroFlow'", "no installed plugin registers")
+
+
+class RootedShapes:
+    """A dataset that lives on disk (needs_root): the shapes images, found only with --root."""
+
+    @staticmethod
+    def build(spec, *, resolution, num_images=None, seed=0, root=None, strict=False):
+        from sendvae_cli.data.shapes import ShapesSource
+
+        assert root is not None and (Path(root) / "marker").is_file()
+        return ShapesSource(10_000 if num_images is None else num_images, resolution, seed)
+
+    @hookimpl
+    def register_datasets(self, register):
+        register(DatasetSpec(name="rooted-shapes", description="shapes behind --root", factory=RootedShapes.build,
+                             needs_root=True))
+
+
+def test_images_of_a_dataset_on_disk_take_root_and_must_be_the_caches(latents, tmp_path):
+    from PIL import Image
+
+    from sendvae_cli.train.sit_trainer import train_sit
+
+    registry = plugin_registry()
+    registry.register_plugin("rooted", RootedShapes())
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "marker").write_text("")
+    cfg = tiny_config(latents, "MicroFlow", steps=2)
+    for images, root, fragment in (("rooted-shapes", None, "pass --root PATH"),
+                                   (str(tmp_path / "folder"), None, "holds folder images")):
+        if images.endswith("folder"):
+            (tmp_path / "folder" / "a").mkdir(parents=True)
+            for i in range(32):
+                Image.new("RGB", (64, 64), (i, 0, 0)).save(tmp_path / "folder" / "a" / f"{i}.png")
+        with pytest.raises(UserError, match=fragment):
+            train_sit(replace(cfg, images=images, root=root), registry, tmp_path / f"run-{len(images)}")
+    train_sit(replace(cfg, images="rooted-shapes", root=str(tmp_path / "data")), registry, tmp_path / "ok")
+    assert (tmp_path / "ok" / "export" / "generator.json").is_file()
