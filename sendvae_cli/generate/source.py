@@ -125,7 +125,7 @@ def open_generator(model_path: Path, *, vae: str | None = None, latent_stats: Pa
         raise _not_a_generator(model_path)
     is_checkpoint = model_path.is_file()
     if is_checkpoint and vae is None:
-        raise UserError(f"MODEL {model_path}: a REPA/REPA-E checkpoint records no VAE; pass --vae "
+        raise UserError(f"MODEL {model_path}: a .pt checkpoint records no VAE; pass --vae "
                         f"(and --latent-stats unless the VAE's statistics file lies beside it)")
     given_stats = read_latent_stats(latent_stats, option="--latent-stats") if latent_stats is not None else None
     loaded = load_generator_export(model_path, option="MODEL", build=build)

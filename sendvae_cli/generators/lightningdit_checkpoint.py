@@ -105,7 +105,7 @@ def import_lightningdit_state(state: dict, checkpoint: dict, *, path: Path, use_
         "format": "lightningdit-checkpoint", "path": str(path),
         "weights": "ema" if use_ema and "ema" in checkpoint else ("model" if "model" in checkpoint else "state dict"),
         "generator": name, "family": "LightningDiT", "arch": arch, "num_classes": arch["num_classes"],
-        "latent_stats_source": "given" if mean is not None else None, "flavour": "lightningdit",
+        "latent_stats_source": "given" if mean is not None else "", "flavour": "lightningdit",
     }
     return LoadedGenerator(model=model, generator=name, arch=arch, num_classes=arch["num_classes"],
                            latent_mean=mean, latent_std=std, vae={"name": vae_name, "source": None}, meta=meta)

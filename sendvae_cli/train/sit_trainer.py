@@ -1,13 +1,15 @@
-"""`sendvae train-sit`: a SiT flow-matching transformer, with REPA, on a latent cache.
+"""`sendvae train-sit`: a flow-matching generator (SiT, LightningDiT or a plugin's), with REPA, on a
+latent cache.
 
 `SiTTrainer` plugs into the shared loop (`train/loop.py`: resume, DDP, accumulation, NaN guard,
-EMA, checkpoints, metrics, progress); this file holds what is particular to SiT training.
+EMA, checkpoints, metrics, progress); this file holds what is particular to generator training.
+The generator is seen only through `generators.base.FlowGenerator`.
 
 One optimizer step (global batch G, kept on any number of processes by accumulation):
     for each micro-batch:
         z   = (mean + std * eps - mu) / sigma              posterior sample, normalised, on the device
         t, noise ~ the flow path; x_t = (1 - t) z + t noise; target v = noise - z
-        v, h = SiT(x_t, t, y with 10% of labels dropped to the null class)
+        v, h = model(x_t, t, y with 10% of labels dropped to the model's null class)
         L = |v - target|^2 + proj_weight * (-cos(h, teacher tokens))        (flow/loss.py)
     clip the gradient norm, AdamW step, EMA update.
 
