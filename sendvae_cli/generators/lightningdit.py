@@ -104,9 +104,10 @@ class Rope2d(nn.Module):
         self.register_buffer("freqs_sin", table.sin())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, N, H, D) -> the same, rotated by each token's position."""
+        """x (B, N, H, D) -> the same, rotated by each token's position (in the tables' precision,
+        returned in x's dtype, so that bf16 queries stay bf16 for the attention kernel)."""
         cos, sin = self.freqs_cos[:, None, :], self.freqs_sin[:, None, :]
-        return x * cos + rotate_pairs(x) * sin
+        return (x * cos + rotate_pairs(x) * sin).to(x.dtype)
 
 
 #################################################################################
