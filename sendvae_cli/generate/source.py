@@ -3,9 +3,10 @@
 MODEL is a generator export folder, a train-sit run folder (its `export/`), a REPA / REPA-E SiT or
 hustvl/LightningDiT checkpoint (`.pt`), or any of these on the Hugging Face hub as `hf:ORG/NAME`
 (the repository's one checkpoint or export) or `hf:ORG/NAME/FILE`, read from huggingface_hub's
-cache (downloaded unless HF_HUB_OFFLINE=1). The VAE is the one the export records (its `vae.source`, checked against the
-recorded weights digest) unless `--vae` names one; a different VAE is refused by digest unless
-forced, since decoding with another VAE gives plausible-looking but wrong images.
+cache (downloaded unless HF_HUB_OFFLINE=1). The VAE is the one the export records (its
+`vae.source`, checked against the recorded weights digest) unless `--vae` names one; a different
+VAE is refused by digest unless forced, since decoding with another VAE gives plausible-looking
+but wrong images.
 
 Latent statistics, first found wins: `--latent-stats` (REPA-E's `*-latents-stats.pt`: latents_scale
 = 1/std, latents_bias = mean; or mean/std); the export's (train-sit records the cache's); a REPA-E
@@ -42,7 +43,9 @@ def hub_generator(ref: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(repo, allow_patterns=[file] if file else None))
+        # Without a file name, only what a generator can be (a repository may hold a VAE and more).
+        patterns = [file] if file else ["*.pt", "*.pth", "*.json", "*.safetensors"]
+        folder = Path(snapshot_download(repo, allow_patterns=patterns))
     except Exception as error:  # noqa: BLE001 - only "not cached, no network" becomes a user error
         if not is_unreachable(error):
             raise
