@@ -167,7 +167,7 @@ def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(caches, reference,
     proc = invoke("train-sit", *tiny(latents, "--model", "SiT-tiny/2"), "--out", tmp_path / "a")
     one_line_error(proc, "teacher tokens form a 4x4 grid", "SiT-tiny/2 sees 2x2", "patch size 1 fits")
     assert not (tmp_path / "a" / "checkpoints").exists()
-    # Rows missing from the image source (a folder of other images).
+    # Images of another kind than the cache's (a folder of other images for a shapes cache).
     from PIL import Image
 
     folder = tmp_path / "pictures" / "red"
@@ -177,7 +177,7 @@ def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(caches, reference,
     args = tiny(latents)
     args[args.index("--images") + 1] = str(tmp_path / "pictures")
     proc = invoke("train-sit", *args, "--out", tmp_path / "b")
-    one_line_error(proc, "--images", "64 of the 64 latent rows are missing")
+    one_line_error(proc, "--images", "holds folder images, the latent cache was made from shapes images")
     # Rows missing from a feature cache (extracted from fewer images).
     few = root / "few.h5"
     run_cli("extract", "shapes", "--teacher", "dinov2-s", "--random-weights", "--num-images", "16",
