@@ -57,6 +57,28 @@ def test_tiny_lightningdit_trains_and_samples(latents, tmp_path, repa):
         assert data["arr_0"].shape == (3, 64, 64, 3)
 
 
+def test_init_from_their_checkpoint_layout(latents, tmp_path):
+    """--init takes a .pt as hustvl's train.py writes it; REPA projectors it lacks start fresh;
+    weights of another architecture are one line."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "plain"
+    assert invoke("train-sit", latents, "--out", run, *TRAIN, "--proj-weight", "0").returncode == 0
+    state = load_file(str(run / "export" / "generator.safetensors"))
+    torch.save({"ema": state, "config": {"model": {"model_type": "LightningDiT-tiny/1"}}}, tmp_path / "0000004.pt")
+    proc = invoke("train-sit", latents, "--out", tmp_path / "init", *TRAIN, "--init", tmp_path / "0000004.pt",
+                  "--images", "shapes", "--random-weights", "--steps", "2", "--log-every", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Started from the trained weights: the first step's velocity loss is the trained model's, not a fresh one's.
+    fresh = tmp_path / "fresh"
+    invoke("train-sit", latents, "--out", fresh, *TRAIN, "--images", "shapes", "--random-weights", "--steps", "2",
+           "--log-every", "1")
+    assert metrics(tmp_path / "init")[0]["velocity"] != metrics(fresh)[0]["velocity"]
+    proc = invoke("train-sit", latents, "--out", tmp_path / "x", *TRAIN, "--proj-weight", "0", "--model", "SiT-tiny/1",
+                  "--init", tmp_path / "0000004.pt")
+    one_line_error(proc, "--init", "does not fit --model SiT-tiny/1")
+
+
 def test_options_a_generator_lacks_are_refused(latents, tmp_path):
     proc = invoke("train-sit", latents, "--out", tmp_path / "r", *TRAIN, "--images", "shapes", "--random-weights",
                   "--encoder-depth", "9")

@@ -65,7 +65,7 @@ def test_plugin_generator_trains_and_samples(latents, tmp_path, name, proj_weigh
 
 @pytest.mark.parametrize("name, flags, fragments", [
     # A generator without projections while REPA is on.
-    ("ConvFlow", {}, ["--model ConvFlow", "--proj-weight 0"]),
+    ("ConvFlow", {}, ["--model ConvFlow: offers no REPA projections", "--proj-weight 0"]),
     # Options the generator does not declare.
     ("MicroFlow", {"qk_norm": True}, ["--qk-norm: does not apply to --model MicroFlow", "width"]),
     ("MicroFlow", {"attention": "sdpa", "proj_weight": 0.0}, ["--attention sdpa", "no choice of attention"]),

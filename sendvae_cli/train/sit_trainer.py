@@ -35,6 +35,7 @@ from sendvae_cli import __version__, distributed
 from sendvae_cli.errors import UserError
 from sendvae_cli.generators.base import FlowGenerator
 from sendvae_cli.progress import info, warn
+from sendvae_cli.specs import resolve_factory
 from sendvae_cli.teachers.base import TOKEN_STRIDE
 from sendvae_cli.train import loop
 from sendvae_cli.train.checkpoint import Checkpoints, unwrap
@@ -72,6 +73,9 @@ def build_model(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) 
     keywords: dict[str, Any] = {"input_size": size, "in_channels": channels, "num_classes": data.num_classes,
                                 **architecture_overrides(cfg, spec)}
     if teacher_width:
+        factory = resolve_factory(spec.factory)
+        if isinstance(factory, type) and issubclass(factory, FlowGenerator) and not factory.offers_projections:
+            raise UserError(f"--model {cfg.model}: offers no REPA projections; train it with --proj-weight 0")
         keywords["projector_dims"] = [teacher_width]
     torch.manual_seed(cfg.seed)
     try:
