@@ -106,3 +106,15 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(tmp_path):
     torch.save({"ema": state}, tmp_path / "bad.pt")
     with pytest.raises(UserError, match="does not fit the LightningDiT"):
         load_generator_export(tmp_path / "bad.pt", option="MODEL")
+
+
+def test_released_size_has_their_parameter_count():
+    """LightningDiT-XL/1 on VA-VAE's 32 x 16 x 16 latents: hustvl's model has 675,256,736 parameters,
+    counting its fixed `pos_embed` (a frozen parameter there, a buffer here: 256 x 1152 values)."""
+    from sendvae_cli.registry import Registry
+
+    with torch.device("meta"):
+        model = Registry(load_outside=False).generator("LightningDiT-XL/1").build(input_size=16, in_channels=32,
+                                                                                num_classes=1000)
+    assert sum(p.numel() for p in model.parameters()) + model.pos_embed.numel() == 675_256_736
+    assert model.state_dict()["feat_rope.freqs_cos"].shape == (256, 72)
