@@ -628,7 +628,7 @@ class Acceptance:
             rows = []
         finite = bool(rows) and all(isinstance(v, (int, float)) and math.isfinite(v) for row in rows
                                     for v in row.values())
-        if outcome.ok and finite and (run / "export" / "sit.json").exists():
+        if outcome.ok and finite and (run / "export" / "generator.json").exists():
             r.set("ddp.torchrun", "ok", f"{rows[-1]['step']} steps, loss {rows[-1]['loss']:.3f}, world "
                   f"{config.get('world_size')}", rows[-1]["loss"],
                   "one process takes train-sit's single-process path: DDP itself is the next row")
@@ -680,7 +680,7 @@ def ddp_worker(device_name: str, out: Path, steps: int = 3) -> None:
     with torch.no_grad():  # non-zero gates and output layer: every parameter gets a gradient
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    plain = SiTObjective(model.to(device), LatentNormalizer([0.0] * 32, [1.0] * 32).to(device), 0.5, "uniform", 10,
+    plain = SiTObjective(model.to(device), LatentNormalizer([0.0] * 32, [1.0] * 32).to(device), 0.5, "uniform", 0.1,
                          True)
     wrapped_objective = copy.deepcopy(plain)
     wrapped = DDP(wrapped_objective, device_ids=[device.index] if device.type == "cuda" else None,

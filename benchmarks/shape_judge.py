@@ -164,7 +164,7 @@ def score_regeneration(judge: Judge, run: Path, latents: Path, rows: int, times:
         x = (1 - t0) * z + t0 * noise
         if t0 > 0:  # the sampler's uniform grid from t0, as many steps per unit of time as `steps` from 1
             x = ode_sample(model, x, labels, steps=max(1, round(steps * t0)), cfg_scale=cfg,
-                           num_classes=gen.num_classes, start=t0).float()
+                           null_class=model.null_class, start=t0).float()
         images = torch.cat([vae.decode(x[lo:lo + 64] * sigma + mu) for lo in range(0, rows, 64)])
         shape, _ = predict(judge, ((images.clamp(-1, 1) + 1) * 127.5).round())
         accuracy[f"{t0:g}"] = round(float((shape == labels).float().mean()), 4)

@@ -363,7 +363,7 @@ def main() -> None:
     # The whole train-sit step: SiTTrainer.micro_step + optimizer_step and the loop's work around
     # them (the per-micro-batch seed, the loss values read back, the NaN guard, the EMA update).
     normalizer = LatentNormalizer([0.0] * channels, [1.0] * channels).to(device)
-    objective = SiTObjective(model, normalizer, PROJ_WEIGHT, "uniform", args.num_classes, True)
+    objective = SiTObjective(model, normalizer, PROJ_WEIGHT, "uniform", 0.1, True)  # REPA's label drop
     if args.compile:
         objective.compile_model()
     ema = EMA(model, 0.9999)

@@ -168,6 +168,10 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return list(self.components[kind])
 
+    def has(self, kind: str, name: str) -> bool:
+        """Whether `name` (or an alias) is registered."""
+        return self._aliases[kind].get(name, name) in self.components[kind]
+
     def get(self, kind: str, name: str) -> Any:
         table = self.components[kind]
         name = self._aliases[kind].get(name, name)

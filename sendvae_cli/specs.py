@@ -43,6 +43,7 @@ class TeacherSpec:
     aliases: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     tiny: Mapping[str, Any] = field(default_factory=dict)  # arch overrides for a tiny test model
+    needs_weights: bool = True  # False: the component is usable as built (nothing to download)
 
     def build(self, *, weights=None, random_weights: bool = False, arch: Mapping[str, Any] | None = None):
         return resolve_factory(self.factory)(self, weights=weights, random_weights=random_weights, arch=arch)
@@ -78,6 +79,7 @@ class VAEBaseSpec:
     licence: str = ""
     aliases: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    needs_weights: bool = True  # False: a random initialisation is the starting point (nothing to download)
 
     def build(self, **options):
         return resolve_factory(self.factory)(self, **options)
@@ -85,41 +87,25 @@ class VAEBaseSpec:
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    """A generator architecture (SiT-XL/1, ...) trained on cached latents.
+    """A generator architecture (SiT-XL/1, LightningDiT-XL/1, ...) trained on cached latents.
 
-    The spec holds the size-defining facts; the latent grid (`input_size`, `in_channels`), the
-    number of classes and the teachers' widths (`projector_dims`) come from the data, so
-    `build(**arch)` takes them as keywords, and any field below may be overridden the same way.
-    `factory(spec, **arch)` returns the model. `sample` rebuilds a trained model from the
-    generator name and the `arch` dict stored in its export (`model.arch`), through this call.
-
-    A model built here must offer `forward(x, t, y) -> v`, `forward_with_projections(x, t, y)
-    -> (v, [per-teacher tokens])`, `label_drop_mask(batch, generator=...)` and the attributes
-    `arch`, `num_classes`, `in_channels`, `input_size`, `patch_size` (see docs/plugins.md).
+    `factory(**keywords)` returns a `sendvae_cli.generators.base.FlowGenerator`. The keywords are
+    `arch` (the spec's own architecture: sizes, REPA block, ...), completed by what the data
+    decides (`input_size`, `in_channels`, `num_classes`, and `projector_dims` when REPA is on)
+    and by the options a user gives explicitly (`--encoder-depth`, `--qk-norm`), which are
+    refused unless `arch` declares them. `sample` rebuilds a trained model with
+    `build(**model.arch)` from the name and `arch` its export records.
     """
 
     name: str
     description: str
     factory: Factory
-    depth: int = 0
-    width: int = 0
-    heads: int = 0
-    patch_size: int = 1
-    family: str = "SiT"
-    mlp_ratio: float = 4.0
-    encoder_depth: int = 8  # the block whose tokens the REPA projectors read (1-based)
-    projector_width: int = 2048
+    family: str = ""  # the model family ("SiT", "LightningDiT", ...), shown by `sendvae plugins`
+    arch: Mapping[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
-    options: Mapping[str, Any] = field(default_factory=dict)
 
-    def architecture(self) -> dict[str, Any]:
-        """The spec's own architecture keywords, the defaults that `build` starts from."""
-        return {"depth": self.depth, "width": self.width, "heads": self.heads, "patch_size": self.patch_size,
-                "mlp_ratio": self.mlp_ratio, "encoder_depth": self.encoder_depth,
-                "projector_width": self.projector_width}
-
-    def build(self, **arch):
-        return resolve_factory(self.factory)(self, **arch)
+    def build(self, **keywords):
+        return resolve_factory(self.factory)(**{**self.arch, **keywords})
 
 
 @dataclass(frozen=True)
@@ -134,4 +120,3 @@ class MetricSpec:
 
     def build(self):
         return resolve_factory(self.factory)()
-

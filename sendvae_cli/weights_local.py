@@ -10,7 +10,7 @@ where the loaders look.
 - torchvision-style files (`weights_file` option): torch's hub checkpoints folder
   (`TORCH_HOME/hub/checkpoints`, default `~/.cache/torch/hub/checkpoints`), or an installed
   package that ships the file (`package` option: import name, path inside it);
-- `random init` needs nothing.
+- a spec with `needs_weights=False` needs nothing.
 
 Returns "yes", "no", "-" (nothing to fetch) or "?" (this source cannot be checked).
 """
@@ -58,10 +58,10 @@ def _packaged(package: Any) -> bool:
 
 def local_weights(spec) -> str:
     """YES / NO / NOT_NEEDED / UNKNOWN for a teacher or VAE base spec."""
-    source = str(getattr(spec, "source", "") or "")
-    options = getattr(spec, "options", {}) or {}
-    if source == "random init" or source.startswith("random"):
+    if not spec.needs_weights:
         return NOT_NEEDED
+    source = str(spec.source or "")
+    options = spec.options or {}
     if options.get("weights_file"):
         if (torch_checkpoints() / options["weights_file"]).is_file() or _packaged(options.get("package")):
             return YES

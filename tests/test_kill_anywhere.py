@@ -58,7 +58,7 @@ def commands(inputs: Path) -> dict[str, Command]:
             "run/config.json"),
         "train-sit": Command(
             ("train-sit", str(inputs / "z.h5"), *SIT), "sit",
-            ("sit/export/sit.safetensors", "sit/export/sit.json", "sit/checkpoints/step-000006/weights.safetensors"),
+            ("sit/export/generator.safetensors", "sit/export/generator.json", "sit/checkpoints/step-000006/weights.safetensors"),
             "sit/config.json"),
         "sample": Command(
             ("sample", str(inputs / "sit"), "-n", "120", "--batch-size", "2", "--steps", "4", "--cfg", "2.0",

@@ -47,7 +47,7 @@ def test_the_chain_runs_end_to_end_and_a_rerun_does_nothing(tmp_path):
     assert 0 <= summary["probe_macro_f1"]["send-vae"] <= 1
     assert summary["psnr"]["send-vae"] > 0
     assert (out / "summary.png").stat().st_size > 0
-    for path in ("vae/export/vae.json", "latents.h5", "sit/export/sit.json", "samples/samples.npz", "grid/grid.png",
+    for path in ("vae/export/vae.json", "latents.h5", "sit/export/generator.json", "samples/samples.npz", "grid/grid.png",
                  "probe/probe.png", "recon/recon.json"):
         assert (out / path).exists(), path
 

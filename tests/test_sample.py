@@ -203,9 +203,11 @@ def test_unconditional_generator_takes_no_labels(models, tmp_path):
     from sendvae_cli.errors import UserError
     from sendvae_cli.vae.export import load_exported
 
-    class Unconditional(torch.nn.Module):
+    from sendvae_cli.generators.base import FlowGenerator
+
+    class Unconditional(FlowGenerator):
         def __init__(self):
-            super().__init__()
+            super().__init__(input_size=2, in_channels=8, num_classes=0, arch={})
             self.conv = torch.nn.Conv2d(8, 8, 1)
 
         def forward(self, x, t, y):

@@ -30,7 +30,7 @@ ARCH, RUNS, TENSORS = _fixture()
 def _run(sampler_model_fn, name, run):
     x1, y = TENSORS[f"{name}.x1"], TENSORS[f"{name}.y"]
     common = dict(cfg_scale=run["cfg_scale"], guidance_low=run["guidance_low"],
-                  guidance_high=run["guidance_high"], num_classes=ARCH["num_classes"])
+                  guidance_high=run["guidance_high"], null_class=ARCH["num_classes"])
     if run["mode"] == "ode":
         return ode_sample(sampler_model_fn, x1, y, steps=run["steps"], heun=run["heun"], **common)
     noise = TENSORS[f"{name}.noise"]
@@ -111,10 +111,10 @@ def test_single_pass_without_guidance_and_doubled_batch_only_inside_interval():
         return -x
 
     x1, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
-    ode_sample(model_fn, x1, y, steps=4, cfg_scale=1.0, num_classes=10)
+    ode_sample(model_fn, x1, y, steps=4, cfg_scale=1.0, null_class=10)
     assert [b for b, _, _ in batches] == [2, 2, 2, 2]
     batches.clear()
-    ode_sample(model_fn, x1, y, steps=4, cfg_scale=2.0, guidance_low=0.3, guidance_high=0.6, num_classes=10)
+    ode_sample(model_fn, x1, y, steps=4, cfg_scale=2.0, guidance_low=0.3, guidance_high=0.6, null_class=10)
     assert [(b, t) for b, t, _ in batches] == [(2, 1.0), (2, 0.75), (4, 0.5), (2, 0.25)]
     assert batches[2][2] == [1, 2, 10, 10]  # the null class is num_classes
 

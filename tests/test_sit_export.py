@@ -61,14 +61,14 @@ def test_export_folder_round_trip_and_bytes(imported, tmp_path):
                   extra={"steps": 7})
     a = save_generator_export(tmp_path / "a", imported.model, **kwargs)
     b = save_generator_export(tmp_path / "run" / "export", imported.model, **kwargs)
-    for name in ("sit.safetensors", "sit.json"):
+    for name in ("generator.safetensors", "generator.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
-    text = (a / "sit.json").read_text()
+    text = (a / "generator.json").read_text()
     info = json.loads(text)
-    assert list(info) == sorted(info) and info["format"] == "sendvae-sit" and info["format_version"] == 1
+    assert list(info) == sorted(info) and info["format"] == "sendvae-generator" and info["format_version"] == 1
     assert info["family"] == "SiT" and info["num_classes"] == 10 and info["vae"]["downsample"] == 16
-    # An export folder, a run folder (its export/) and the sit.json itself all load.
-    for path in (a, tmp_path / "run", a / "sit.json"):
+    # An export folder, a run folder (its export/) and the generator.json itself all load.
+    for path in (a, tmp_path / "run", a / "generator.json"):
         loaded = load_generator_export(path)
         assert not loaded.model.training and loaded.generator == "SiT-tiny/2"
         assert_matches_fixture(outputs(loaded.model)[0], OUTPUTS["v_ema"])
@@ -82,11 +82,11 @@ def test_export_folder_round_trip_and_bytes(imported, tmp_path):
 def test_export_folder_errors(imported, tmp_path):
     folder = save_generator_export(tmp_path / "e", imported.model, generator="SiT-tiny/2")
     assert load_generator_export(folder).latent_mean is None
-    weights = folder / "sit.safetensors"
+    weights = folder / "generator.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(UserError, match="SHA-256"):
         load_generator_export(folder)
-    (folder / "sit.json").write_text('{"format": "something-else"}')
+    (folder / "generator.json").write_text('{"format": "something-else"}')
     with pytest.raises(UserError, match="not a sendvae generator export"):
         load_generator_export(folder)
     with pytest.raises(UserError, match="train-sit run folder"):
@@ -98,6 +98,20 @@ def test_export_folder_errors(imported, tmp_path):
     (tmp_path / "p" / "sit.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="comes from a plugin"):
         load_generator_export(tmp_path / "p", verify=False)
+
+
+def test_exports_of_older_versions_still_load(imported, tmp_path):
+    """Exports written as sit.safetensors + sit.json (format "sendvae-sit") load; rewriting the
+    folder replaces them by the current names."""
+    folder = save_generator_export(tmp_path / "old", imported.model, generator="SiT-tiny/2")
+    info = json.loads((folder / "generator.json").read_text())
+    (folder / "generator.safetensors").rename(folder / "sit.safetensors")
+    (folder / "generator.json").unlink()
+    (folder / "sit.json").write_text(json.dumps(dict(info, format="sendvae-sit", weights="sit.safetensors")))
+    for path in (folder, folder / "sit.json"):
+        assert_matches_fixture(outputs(load_generator_export(path).model)[0], OUTPUTS["v_ema"])
+    save_generator_export(folder, imported.model, generator="SiT-tiny/2")
+    assert sorted(p.name for p in folder.iterdir()) == ["generator.json", "generator.safetensors"]
 
 
 def test_export_back_to_repa_layouts(imported, tmp_path):

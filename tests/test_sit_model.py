@@ -104,14 +104,15 @@ def test_generators_are_registered_without_torch(fresh_registry):
     import sys
 
     code = ("import sys; from sendvae_cli.registry import Registry; r = Registry(load_outside=False); "
-            "s = r.generator('sit-xl/1'); print(len(r.names('generator')), s.depth, s.width, s.heads, s.patch_size, "
-            "s.encoder_depth, 'torch' in sys.modules)")
+            "s = r.generator('sit-xl/1'); a = s.arch; print(len(r.names('generator')), s.family, a['depth'], "
+            "a['width'], a['heads'], a['patch_size'], a['encoder_depth'], 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["18", "28", "1152", "16", "1", "8", "False"]
+    assert out == ["28", "SiT", "28", "1152", "16", "1", "8", "False"]  # 18 SiT and 10 LightningDiT names
     from sendvae_cli.registry import Registry
 
     registry = Registry(load_outside=False)
     assert registry.plugin_of("generator", "SiT-B/1") == "sendvae.generators"
     model = registry.generator("SiT-tiny/1").build(input_size=4, in_channels=8, num_classes=5, projector_dims=[16])
     assert isinstance(model, SiT) and model.arch["encoder_depth"] == 1 and len(model.projectors) == 1
-    assert registry.generator("SiT-B/2").encoder_depth == 4 and registry.generator("SiT-L/2").encoder_depth == 8
+    assert registry.generator("SiT-B/2").arch["encoder_depth"] == 4
+    assert registry.generator("SiT-L/2").arch["encoder_depth"] == 8

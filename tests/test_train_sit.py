@@ -58,8 +58,8 @@ def test_run_folder_holds_config_metrics_grids_checkpoints_and_export(reference)
     rows = metrics(reference)
     assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
     assert {"loss", "velocity", "repa", "grad_norm", "images_per_s"} <= set(rows[0])
-    meta = json.loads((reference / "export" / "sit.json").read_text())
-    assert meta["format"] == "sendvae-sit"
+    meta = json.loads((reference / "export" / "generator.json").read_text())
+    assert meta["format"] == "sendvae-generator" and meta["family"] == "SiT"
     from sendvae_cli.generators.export import load_generator_export
 
     loaded = load_generator_export(reference)  # a run folder reads as its export
@@ -113,16 +113,16 @@ def test_kill_9_and_rerun_is_bit_identical(caches, reference, tmp_path):
         return [{k: v for k, v in r.items() if k != "images_per_s"} for r in metrics(run)]
 
     assert losses(out) == losses(reference)
-    a = load_file(str(reference / "export" / "sit.safetensors"))
-    b = load_file(str(out / "export" / "sit.safetensors"))
+    a = load_file(str(reference / "export" / "generator.safetensors"))
+    b = load_file(str(out / "export" / "generator.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_rerun_of_a_finished_run_changes_nothing(caches, reference):
-    before = (reference / "export" / "sit.safetensors").read_bytes()
+    before = (reference / "export" / "generator.safetensors").read_bytes()
     proc = run_cli("train-sit", *[a for a in tiny(caches["latents"]) if a != "--quiet"], "--out", reference)
     assert "already complete" in proc.stderr
-    assert (reference / "export" / "sit.safetensors").read_bytes() == before
+    assert (reference / "export" / "generator.safetensors").read_bytes() == before
 
 
 def test_teacher_features_cache_trains_without_flips(caches, tmp_path):
@@ -131,7 +131,7 @@ def test_teacher_features_cache_trains_without_flips(caches, tmp_path):
     proc = run_cli("train-sit", *args, "--teacher-features", caches["feats"], "--out", out)
     config = json.loads((out / "config.json").read_text())
     assert config["flip"] is False  # extract stores no tokens of flipped images
-    assert (out / "export" / "sit.safetensors").exists(), proc.stderr
+    assert (out / "export" / "generator.safetensors").exists(), proc.stderr
 
 
 def test_no_repa_needs_no_teacher_and_trains_unconditionally(caches, tmp_path):
@@ -162,12 +162,12 @@ def test_torchrun_two_processes_train_like_one_with_accumulation(caches, tmp_pat
 def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(caches, reference, tmp_path):
     root = caches["root"]
     latents = caches["latents"]
-    untouched = {p: p.read_bytes() for p in (reference / "config.json", reference / "export" / "sit.json")}
+    untouched = {p: p.read_bytes() for p in (reference / "config.json", reference / "export" / "generator.json")}
     # Teacher tokens on another grid than the SiT's: names the patch size that fits.
     proc = invoke("train-sit", *tiny(latents, "--model", "SiT-tiny/2"), "--out", tmp_path / "a")
     one_line_error(proc, "teacher tokens form a 4x4 grid", "SiT-tiny/2 sees 2x2", "patch size 1 fits")
     assert not (tmp_path / "a" / "checkpoints").exists()
-    # Rows missing from the image source (a folder of other images).
+    # Images of another kind than the cache's (a folder of other images for a shapes cache).
     from PIL import Image
 
     folder = tmp_path / "pictures" / "red"
@@ -177,7 +177,7 @@ def test_bad_inputs_are_one_line_errors_and_overwrite_nothing(caches, reference,
     args = tiny(latents)
     args[args.index("--images") + 1] = str(tmp_path / "pictures")
     proc = invoke("train-sit", *args, "--out", tmp_path / "b")
-    one_line_error(proc, "--images", "64 of the 64 latent rows are missing")
+    one_line_error(proc, "--images", "holds folder images, the latent cache was made from shapes images")
     # Rows missing from a feature cache (extracted from fewer images).
     few = root / "few.h5"
     run_cli("extract", "shapes", "--teacher", "dinov2-s", "--random-weights", "--num-images", "16",
@@ -232,7 +232,7 @@ def test_compile_compiles_the_entry_point_the_step_calls(monkeypatch):
     monkeypatch.setattr(torch, "compile", fake_compile)
     model = build_sit("SiT-tiny/2", input_size=8, in_channels=4, num_classes=3, projector_dims=[16])
     for proj_weight, called in ((0.5, "forward_with_projections"), (0.0, "SiT")):
-        objective = SiTObjective(model, LatentNormalizer([0.0] * 4, [1.0] * 4), proj_weight, "uniform", 3, True)
+        objective = SiTObjective(model, LatentNormalizer([0.0] * 4, [1.0] * 4), proj_weight, "uniform", 0.1, True)
         objective.compile_model()
         compiled.clear()
         objective(torch.randn(2, 4, 8, 8), torch.ones(2, 4, 8, 8), torch.tensor([0, 2]), torch.randn(2, 16, 16),

@@ -28,17 +28,19 @@ def train_sit(
     latents: Annotated[Path, typer.Argument(metavar="LATENTS", help="A latent cache from `sendvae cache-latents` (or a REPA-E latent .h5).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Run folder (rerun the same command to resume); OUT/export is the generator export.", rich_help_panel=o.RUN_PANEL)] = Path("runs/sit"),
     preset: Annotated[str, typer.Option(help="Defaults bundle: paper (SiT-XL/1, REPA on dinov2-b at depth 8, batch 256, 400k steps) or tiny (CPU minutes). Explicit flags win.", rich_help_panel=o.RUN_PANEL)] = "paper",
-    model: Annotated[Optional[str], typer.Option(help="Generator name, e.g. SiT-XL/1, SiT-B/2 (paper: SiT-XL/1; see `sendvae plugins`).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="Generator name, e.g. SiT-XL/1, SiT-B/2, LightningDiT-XL/1 (paper: SiT-XL/1; see `sendvae plugins`).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from these weights: a generator export or run, or a REPA/REPA-E or LightningDiT .pt (projectors it lacks start fresh).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
     teacher: Annotated[Optional[str], typer.Option("--teacher", "--enc-type", help="REPA teacher (paper: dinov2-b).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
     teacher_weights: o.TeacherWeights = None,
     teacher_features: Annotated[Optional[Path], typer.Option(help="Teacher tokens from `sendvae extract` of the images the cache was made from (matched by row id).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
     images: Annotated[Optional[str], typer.Option(help="The images the cache was made from (folder or dataset name): the teacher runs on them on the fly (matched by row id; flipped image for a flipped latent).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    root: Annotated[Optional[Path], typer.Option(help="Where the dataset that --images names lives on disk.", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
     random_weights: Annotated[bool, typer.Option(help="Untrained teacher (smoke runs, tests, benchmarks).", rich_help_panel=MODEL_PANEL)] = False,
     proj_weight: Annotated[Optional[float], typer.Option("--proj-weight", "--proj-coeff", help="Weight of the REPA loss; 0 = no REPA, no teacher (paper: 0.5).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
-    encoder_depth: Annotated[Optional[int], typer.Option(help="Block whose tokens REPA aligns (default: the model's, 8 for L/XL, 4 for S/B).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    encoder_depth: Annotated[Optional[int], typer.Option(help="Block whose tokens REPA aligns (default: the generator's, 8 for L/XL, 4 for S/B).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
     cfg_prob: Annotated[Optional[float], typer.Option("--cfg-prob", help="Share of labels dropped to the null class, for classifier-free guidance (paper: 0.1).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
-    qk_norm: Annotated[Optional[bool], typer.Option("--qk-norm/--no-qk-norm", help="RMS-normalise queries and keys (paper: off).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
-    attention: Annotated[Optional[str], typer.Option(help="Attention backend: auto (xformers on CUDA when installed, else SDPA), xformers or sdpa.", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    qk_norm: Annotated[Optional[bool], typer.Option("--qk-norm/--no-qk-norm", help="Normalise queries and keys (default: the generator's own, off for SiT and LightningDiT; refused by a generator without the option).", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
+    attention: Annotated[Optional[str], typer.Option(help="Attention backend: auto (xformers on CUDA when installed, else SDPA), xformers or sdpa; refused by a generator without the choice.", rich_help_panel=MODEL_PANEL, show_default=False)] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Classes of the label embedding; for a cache without labels this trains unconditionally (every label is the null class).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
     flip: Annotated[Optional[str], typer.Option(help="Flipped views of a --flip cache: auto (used when the teacher target of the flipped image exists too), random or none.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
     latent_stats: Annotated[Optional[Path], typer.Option(help="Normalise with these statistics instead of the cache's: a REPA-E *-latents-stats.pt or LightningDiT latents_stats.pt.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
@@ -98,7 +100,9 @@ def train_sit(
     o.check_precision(precision)
     o.exclusive_weights("--teacher-weights", teacher_weights, random_weights)
     o.existing(("LATENTS", latents), ("--teacher-weights", teacher_weights), ("--teacher-features", teacher_features),
-               ("--latent-stats", latent_stats), ("--vae-weights", vae_weights))
+               ("--latent-stats", latent_stats), ("--vae-weights", vae_weights), ("--root", root), ("--init", init))
+    if root is not None and images is None:
+        raise UserError(f"--root {root}: tells where the dataset of --images lives; give --images NAME too")
     explicit = {
         "model": model, "teacher": teacher, "proj_weight": proj_weight, "encoder_depth": encoder_depth,
         "cfg_prob": cfg_prob, "qk_norm": qk_norm, "attention": attention, "num_classes": num_classes, "flip": flip,
@@ -111,7 +115,8 @@ def train_sit(
     }
     cfg = SiTTrainConfig.from_flags(
         preset, explicit, data=str(latents), random_weights=random_weights, device=device, quiet=quiet,
-        compile=compile, workers=o.workers_or_default(workers), images=images, teacher_weights=teacher_weights,
+        compile=compile, workers=o.workers_or_default(workers), images=images, root=str(root) if root else None,
+        init=init, teacher_weights=teacher_weights,
         teacher_features=teacher_features, latent_stats=latent_stats, vae=vae, vae_weights=vae_weights,
         tracker=trackers)
     if time_mean is not None and cfg.time_schedule != "lognormal":
@@ -142,16 +147,19 @@ LABEL_PANEL = "Labels"
 @app.command()
 @user_errors
 def sample(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A train-sit run folder, a generator export (sit.json) or a REPA/REPA-E SiT .pt checkpoint.", show_default=False)],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A train-sit run folder, a generator export, a REPA/REPA-E SiT or LightningDiT .pt checkpoint, or one on the Hugging Face hub: hf:ORG/NAME (or hf:ORG/NAME/FILE).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Sample folder: PNGs, samples.npz, sample.json (rerun the same command to resume).", rich_help_panel=o.RUN_PANEL)] = Path("samples"),
     num: Annotated[Optional[int], typer.Option("-n", "--num-samples", help="Images to draw (default 50000).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
-    preset: Annotated[Optional[str], typer.Option(help="paper: 50k balanced samples, SDE 250 steps, CFG 2.5 on [0, 0.75]. Explicit flags win.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
-    cfg: Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale on all channels; 1 = none (default 1).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option(help="paper: 50k balanced samples, SDE 250 steps, CFG 2.5 on [0, 0.75]; lightningdit: hustvl's protocol, 50k random labels, ODE 249 steps shifted 0.3, CFG 6.7 on 3 channels for t <= 0.875. Explicit flags win.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    cfg: Annotated[Optional[float], typer.Option("--cfg", help="Classifier-free guidance scale (on all channels unless --cfg-channels); 1 = none (default 1).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
     mode: Annotated[Optional[str], typer.Option(help="ode (Euler / Heun) or sde (Euler-Maruyama, REPA's grid) (default ode).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default 50; the paper: SDE 250).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
     heun: Annotated[bool, typer.Option("--heun", help="Heun's corrector for the ODE (2 x steps - 1 evaluations).", rich_help_panel=SAMPLER_PANEL)] = False,
     guidance_low: Annotated[Optional[float], typer.Option(help="Guide only steps starting at t >= this (t = 1 noise) (default 0).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
     guidance_high: Annotated[Optional[float], typer.Option(help="Guide only steps starting at t <= this (default 1).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
+    cfg_interval_start: Annotated[Optional[float], typer.Option("--cfg-interval-start", help="LightningDiT's name for the interval: guide only where their time s = 1 - t is at least this (= --guidance-high 1 - S).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
+    cfg_channels: Annotated[Optional[int], typer.Option("--cfg-channels", help="Guide only the first K latent channels, the conditional velocity on the rest, as DiT/SiT/LightningDiT's code does (3 there) (default: all).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
+    timestep_shift: Annotated[Optional[float], typer.Option("--timestep-shift", help="ODE time grid shift of LightningDiT: below 1 spends steps near the noise (their release: 0.3) (default 1, uniform).", rich_help_panel=SAMPLER_PANEL, show_default=False)] = None,
     labels: Annotated[Optional[str], typer.Option(help="balanced (exactly N / classes each, shuffled) or random (i.i.d.) (default balanced).", rich_help_panel=LABEL_PANEL, show_default=False)] = None,
     class_id: Annotated[Optional[int], typer.Option("--class", help="Draw every image of this class.", rich_help_panel=LABEL_PANEL, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the labels and of every sample's noise (sample i depends on seed and i only).", rich_help_panel=LABEL_PANEL)] = 0,
@@ -179,9 +187,19 @@ def sample(
         return value if value is not None else paper.get(key, default)
 
     count, mode, steps = pick(num, "count", 50_000), pick(mode, "mode", "ode"), pick(steps, "steps", 50)
+    if cfg_interval_start is not None:
+        if guidance_high is not None:
+            raise UserError("--cfg-interval-start and --guidance-high set the same bound; give one")
+        if not 0 <= cfg_interval_start <= 1:
+            raise UserError(f"--cfg-interval-start {cfg_interval_start}: expected a number in [0, 1]")
+        guidance_high = 1.0 - cfg_interval_start
     cfg, low, high = pick(cfg, "cfg_scale", 1.0), pick(guidance_low, "guidance_low", 0.0), pick(guidance_high, "guidance_high", 1.0)
     labels_scheme = pick(labels, "labels", "balanced")
-    o.positive(("-n", count), ("--steps", steps), ("--batch-size", batch_size))
+    channels, shift = pick(cfg_channels, "cfg_channels", None), pick(timestep_shift, "timestep_shift", 1.0)
+    o.positive(("-n", count), ("--steps", steps), ("--batch-size", batch_size), ("--cfg-channels", channels),
+               ("--timestep-shift", shift))
+    if shift != 1.0 and mode != "ode":
+        raise UserError(f"--timestep-shift {shift}: shifts the ODE's time grid; the SDE sampler keeps REPA's grid")
     if mode not in MODES:
         raise UserError(f"--mode {mode}: expected {' or '.join(MODES)}")
     if heun and mode != "ode":
@@ -204,6 +222,10 @@ def sample(
             shape = parse_grid(grid)
         except ValueError:
             raise UserError(f"--grid {grid}: expected KxM, e.g. 8x6 (K classes x M samples)") from None
+    from sendvae_cli.generate.source import HUB_PREFIX, hub_generator
+
+    if str(model).startswith(HUB_PREFIX):
+        model = hub_generator(str(model))
     o.existing(("MODEL", model), ("--latent-stats", latent_stats))
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; expected a folder")
@@ -213,9 +235,16 @@ def sample(
 
     settings = SampleSettings(count=count, mode=mode, steps=steps, heun=heun, cfg_scale=float(cfg),
                               guidance_low=float(low), guidance_high=float(high), labels=labels_scheme,
-                              class_id=class_id, seed=seed, precision=precision)
+                              class_id=class_id, seed=seed, precision=precision, cfg_channels=channels,
+                              timestep_shift=float(shift))
     found = registry()
+
+    def build(name: str, arch: dict):
+        if not found.has("generator", name):
+            raise UserError(f"MODEL {model}: was trained with generator {name!r}, which no installed plugin registers; "
+                            f"install the plugin that provides it (`sendvae plugins` lists what is installed)")
+        return found.generator(name).build(**arch)
+
     run_sample(SampleRequest(model=model, out=out, settings=settings, batch_size=batch_size, vae=vae,
                              latent_stats=latent_stats, force_vae=force_vae, grid=shape, device=device,
-                             compile=compile, quiet=quiet,
-                             build=lambda name, arch: found.generator(name).build(**arch)))
+                             compile=compile, quiet=quiet, build=build))

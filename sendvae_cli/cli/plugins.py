@@ -92,6 +92,8 @@ def plugins_as_dict(found) -> dict:
             row = {"name": name, "plugin": entry.plugin, "description": getattr(entry.spec, "description", "")}
             if kind in ("teacher", "vae_base"):
                 row["local_weights"] = local_weights(entry.spec)
+            if kind == "generator":
+                row.update(family=entry.spec.family, arch=dict(entry.spec.arch))
             if kind == "teacher":
                 s = entry.spec
                 row.update(family=s.family, width=s.width, patch_size=s.patch_size, source=s.source, licence=s.licence)

@@ -21,6 +21,7 @@ import torch
 from sendvae_cli.distributed import main_first
 from sendvae_cli.errors import UserError
 from sendvae_cli.flow.samplers import function_evaluations, ode_sample, sde_sample
+from sendvae_cli.generators.base import FlowGenerator
 from sendvae_cli.generate.folder import FORMAT, FORMAT_VERSION, GRID, SampleFolder
 from sendvae_cli.generate.grid import grid_classes, save_grid
 from sendvae_cli.generate.labels import describe as describe_labels
@@ -38,13 +39,18 @@ from sendvae_cli.stopping import Interrupted, stop_on_signals
 class SamplingModel:
     """What sampling needs from a trained generator (opened by `generate.source`)."""
 
-    model: torch.nn.Module                      # forward(x, t, y) -> v
+    model: FlowGenerator                        # forward(x, t, y) -> v
     num_classes: int                            # 0: unconditional
     latent_shape: tuple[int, int, int]          # (C, h, w) the model samples
     latent_mean: torch.Tensor                   # (C,) statistics the model was trained with
     latent_std: torch.Tensor
     vae: torch.nn.Module                        # .decode(z) -> images in [-1, 1]
     identity: dict[str, Any] = field(default_factory=dict)  # model / VAE paths and digests (manifest)
+
+    @property
+    def null_class(self) -> int | None:
+        """The label CFG compares against: the generator's own (None for an unconditional model)."""
+        return self.model.null_class if self.num_classes else None
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class SampleSettings:
     class_id: int | None = None
     seed: int = 0
     precision: str = "fp32"                     # resolved: fp32, bf16 or fp64
+    cfg_channels: int | None = None             # guide the first k latent channels only (None: all)
+    timestep_shift: float = 1.0                 # LightningDiT's ODE grid shift (1: uniform)
 
     @property
     def nfe(self) -> int:
@@ -126,10 +134,11 @@ class Drawer:
         x1 = noise.draw().to(self.dtype)
         y = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=self.device)
         common = dict(cfg_scale=s.cfg_scale, guidance_low=s.guidance_low, guidance_high=s.guidance_high,
-                      num_classes=self.gen.num_classes)
+                      null_class=self.gen.null_class, cfg_channels=s.cfg_channels)
         if s.mode == "sde":
             return sde_sample(self.model_fn, x1, y, steps=s.steps, noise_fn=noise.step_noise, **common)
-        return ode_sample(self.model_fn, x1, y, steps=s.steps, heun=s.heun, **common)
+        return ode_sample(self.model_fn, x1, y, steps=s.steps, heun=s.heun, timestep_shift=s.timestep_shift,
+                          **common)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> np.ndarray:
@@ -155,6 +164,10 @@ class Drawer:
 
 def manifest_settings(settings: SampleSettings, gen: SamplingModel, device: torch.device) -> dict[str, Any]:
     s = asdict(settings)
+    # Recorded only when used, so that folders sampled before these settings existed still resume.
+    for key, default in (("cfg_channels", None), ("timestep_shift", 1.0)):
+        if s[key] == default:
+            s.pop(key)
     s["labels"] = describe_labels(settings.labels, gen.num_classes, settings.class_id)
     s.pop("class_id")
     s["noise_device"] = device.type  # CPU and CUDA generators draw different numbers
@@ -262,7 +275,9 @@ def _manifest(described, settings: SampleSettings, gen: SamplingModel, *, status
         "sampler": (f"ode-{'heun' if settings.heun else 'euler'}" if settings.mode == "ode" else "sde-euler-maruyama"),
         "nfe": settings.nfe,
         "cfg": {"scale": settings.cfg_scale, "interval": [settings.guidance_low, settings.guidance_high],
-                "channels": "all", "null_class": gen.num_classes if gen.num_classes else None},
+                "channels": "all" if settings.cfg_channels is None else settings.cfg_channels,
+                "null_class": gen.null_class},
+        "time_grid": "uniform" if settings.timestep_shift == 1.0 else f"shifted ({settings.timestep_shift})",
         "num_classes": gen.num_classes,
         "model": {k: v for k, v in gen.identity.items() if k.startswith("model")},
         "vae": {k: v for k, v in gen.identity.items() if k.startswith("vae")},

@@ -50,6 +50,8 @@ def run_sample(request: SampleRequest) -> Path:
         gen = open_generator(request.model, vae=request.vae, latent_stats=request.latent_stats,
                              force_vae=request.force_vae, build=request.build)
         check_labels(settings, gen.num_classes)
+        if settings.cfg_channels is not None and settings.cfg_channels > gen.latent_shape[0]:
+            raise UserError(f"--cfg-channels {settings.cfg_channels}: MODEL samples {gen.latent_shape[0]}-channel latents")
         if dist.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

@@ -1,9 +1,12 @@
 """MODEL for `sendvae sample`: a generator, the latent statistics it was trained with, and its VAE.
 
-MODEL is a generator export folder, a train-sit run folder (its `export/`), or a REPA / REPA-E SiT
-checkpoint (`.pt`). The VAE is the one the export records (its `vae.source`, checked against the
-recorded weights digest) unless `--vae` names one; a different VAE is refused by digest unless
-forced, since decoding with another VAE gives plausible-looking but wrong images.
+MODEL is a generator export folder, a train-sit run folder (its `export/`), a REPA / REPA-E SiT or
+hustvl/LightningDiT checkpoint (`.pt`), or any of these on the Hugging Face hub as `hf:ORG/NAME`
+(the repository's one checkpoint or export) or `hf:ORG/NAME/FILE`, read from huggingface_hub's
+cache (downloaded unless HF_HUB_OFFLINE=1). The VAE is the one the export records (its
+`vae.source`, checked against the recorded weights digest) unless `--vae` names one; a different
+VAE is refused by digest unless forced, since decoding with another VAE gives plausible-looking
+but wrong images.
 
 Latent statistics, first found wins: `--latent-stats` (REPA-E's `*-latents-stats.pt`: latents_scale
 = 1/std, latents_bias = mean; or mean/std); the export's (train-sit records the cache's); a REPA-E
@@ -23,6 +26,45 @@ from sendvae_cli.generate.pipeline import SamplingModel
 from sendvae_cli.weights import file_sha256
 
 _RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
+HUB_PREFIX = "hf:"
+
+
+def hub_generator(ref: str) -> Path:
+    """The local path of a generator named `hf:ORG/NAME[/FILE]`, from huggingface_hub's cache."""
+    from sendvae_cli.weights import is_unreachable
+
+    parts = [p for p in ref[len(HUB_PREFIX):].split("/") if p]
+    if len(parts) < 2:
+        raise UserError(f"MODEL {ref}: expected hf:ORG/NAME or hf:ORG/NAME/FILE")
+    repo, file = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    fetch = f"hf download {repo}" + (f" {file}" if file else "")
+    how = (f"on a machine with network run `{fetch}` and copy the Hugging Face cache (HF_HOME, default "
+           f"~/.cache/huggingface) here")
+    try:
+        from huggingface_hub import snapshot_download
+
+        # Without a file name, only what a generator can be (a repository may hold a VAE and more).
+        patterns = [file] if file else ["*.pt", "*.pth", "*.json", "*.safetensors"]
+        folder = Path(snapshot_download(repo, allow_patterns=patterns))
+    except Exception as error:  # noqa: BLE001 - only "not cached, no network" becomes a user error
+        if not is_unreachable(error):
+            raise
+        raise UserError(f"MODEL {ref}: not in the Hugging Face cache and the hub is not reachable; {how}") from None
+    if file:
+        if not (folder / file).is_file():
+            raise UserError(f"MODEL {ref}: {file} is not in the cached snapshot of {repo}; {how}")
+        return folder / file
+    from sendvae_cli.generators.export import export_folder
+
+    if export_folder(folder) is not None:
+        return folder
+    checkpoints = sorted(p for p in folder.rglob("*") if p.suffix in (".pt", ".pth") and p.is_file())
+    if len(checkpoints) == 1:
+        return checkpoints[0]
+    if not checkpoints:
+        raise UserError(f"MODEL {ref}: the cached snapshot of {repo} holds no generator export or .pt; {how}")
+    names = ", ".join(str(p.relative_to(folder)) for p in checkpoints[:4])
+    raise UserError(f"MODEL {ref}: {repo} holds several checkpoints ({names}); name one as hf:{repo}/FILE")
 
 
 def _vae_digest(model: torch.nn.Module) -> str:
@@ -52,8 +94,8 @@ def _not_a_generator(path: Path) -> UserError:
     if path.is_file() and _holds_a_vae(path):
         return UserError(f"MODEL {path}: is a VAE checkpoint, not a generator; give the generator as MODEL "
                          f"and the VAE with --vae")
-    return UserError(f"MODEL {path}: not a generator (expected a train-sit run or export folder holding sit.json, "
-                     f"or a REPA/REPA-E SiT .pt checkpoint)")
+    return UserError(f"MODEL {path}: not a generator (expected a train-sit run or export folder holding "
+                     f"generator.json, or a REPA/REPA-E SiT or LightningDiT .pt checkpoint)")
 
 
 def _open_recorded_vae(record: dict[str, Any], model_path: Path):
@@ -86,7 +128,7 @@ def open_generator(model_path: Path, *, vae: str | None = None, latent_stats: Pa
         raise _not_a_generator(model_path)
     is_checkpoint = model_path.is_file()
     if is_checkpoint and vae is None:
-        raise UserError(f"MODEL {model_path}: a REPA/REPA-E checkpoint records no VAE; pass --vae "
+        raise UserError(f"MODEL {model_path}: a .pt checkpoint records no VAE; pass --vae "
                         f"(and --latent-stats unless the VAE's statistics file lies beside it)")
     given_stats = read_latent_stats(latent_stats, option="--latent-stats") if latent_stats is not None else None
     loaded = load_generator_export(model_path, option="MODEL", build=build)

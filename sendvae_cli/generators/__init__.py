@@ -1,11 +1,14 @@
-"""Generators: the SiT model with REPA projectors, the attention backend, and the export folder.
+"""Generators: the contract (FlowGenerator), SiT and LightningDiT with REPA projectors, the attention
+backend, and the export folder.
 
 Imported lazily so that `sendvae_cli.generators.builtin` (the spec table) stays torch-free:
 
-    from sendvae_cli.generators import SiT, build_sit, save_generator_export, load_generator_export
+    from sendvae_cli.generators import FlowGenerator, SiT, LightningDiT, save_generator_export, load_generator_export
 """
 
 _LAZY = {
+    "FlowGenerator": "base",
+    "LightningDiT": "lightningdit",
     "SiT": "sit",
     "SIT_MODELS": "sit",
     "build_sit": "sit",

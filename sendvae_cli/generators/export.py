@@ -1,21 +1,24 @@
-"""The generator export folder (`sit.safetensors` + `sit.json`), and REPA / REPA-E checkpoints.
+"""The generator export folder (`generator.safetensors` + `generator.json`), and REPA / REPA-E checkpoints.
 
-Folder layout (format "sendvae-sit", version 1), everything `sample` needs without the run:
+Folder layout (format "sendvae-generator", version 1), everything `sample` needs without the run:
 
-    sit.safetensors   the model's state dict (float32; the EMA weights of a training run),
+    generator.safetensors  the model's state dict (float32; the EMA weights of a training run),
                       projectors included, so that training can continue from an export
-    sit.json          {"format", "format_version", "weights", "weights_sha256", "generator"
-                       (a registered name, e.g. "SiT-XL/1"), "family" ("SiT" for the built-in
-                       model), "arch" (the model's constructor keywords), "num_classes",
+    generator.json    {"format", "format_version", "weights", "weights_sha256", "generator"
+                       (a registered name, e.g. "SiT-XL/1"), "family" ("SiT" or "LightningDiT"
+                       for the built-in models, else the plugin class), "arch" (the model's
+                       constructor keywords), "num_classes",
                        "latent_mean", "latent_std" (per-channel lists: the SiT sees
                        (z - mean) / std), "vae" (digest, where to find it, resolution,
                        downsample, ...), "extra" (free: steps, teachers, training settings),
                        "producer" {"name", "version"}}
 
 Both files are byte-identical for the same weights and settings: safetensors orders its tensors
-itself, sit.json has sorted keys and no timestamp. Writing is crash-safe: each file goes to a
-temporary name and is renamed into place, weights first, sit.json last; sit.json records the
-weights' SHA-256, so a crash between the two renames is caught on load.
+itself, generator.json has sorted keys and no timestamp. Writing is crash-safe: each file goes to a
+temporary name and is renamed into place, weights first, generator.json last; it records the
+weights' SHA-256, so a crash between the two renames is caught on load. Exports written before the
+names were generic (`sit.safetensors` + `sit.json`, format "sendvae-sit") are read the same way;
+writing into such a folder replaces them.
 
 REPA and REPA-E save SiT checkpoints as `.pt` files holding {"model", "ema", "opt", "args",
 "steps"} (REPA-E's end-to-end runs add "vae" and more); `args` is their argparse.Namespace.
@@ -38,15 +41,18 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import atomic_file, save_safetensors
+from sendvae_cli.io import atomic_file, save_safetensors, save_torch
 from sendvae_cli.generators.sit import SiT
 from sendvae_cli.generators.sizes import sit_sizes
 from sendvae_cli.weights import file_sha256, key_mismatch
 
-FORMAT = "sendvae-sit"
+FORMAT = "sendvae-generator"
 FORMAT_VERSION = 1
-WEIGHTS_NAME = "sit.safetensors"
-INFO_NAME = "sit.json"
+WEIGHTS_NAME = "generator.safetensors"
+INFO_NAME = "generator.json"
+# What older exports are called; read like the current names, replaced when a folder is rewritten.
+LEGACY = {"format": "sendvae-sit", "weights": "sit.safetensors", "info": "sit.json"}
+INFO_NAMES = (INFO_NAME, LEGACY["info"])
 RUN_EXPORT = "export"  # a training run folder keeps its export here
 SD_VAE_SCALE = 0.18215  # REPA's fixed latent scale for SD-VAE (f8d4) latents, bias 0
 
@@ -64,10 +70,25 @@ class LoadedGenerator:
     latent_mean: torch.Tensor | None  # (C,) float32
     latent_std: torch.Tensor | None  # (C,) float32
     vae: dict[str, Any] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)  # the whole sit.json (or its equivalent)
+    meta: dict[str, Any] = field(default_factory=dict)  # the whole generator.json (or its equivalent)
 
 
 # -- small helpers ----------------------------------------------------------------------------
+def builtin_families() -> dict[str, type]:
+    """The built-in model classes by the family name an export records."""
+    from sendvae_cli.generators.lightningdit import LightningDiT
+
+    return {"SiT": SiT, "LightningDiT": LightningDiT}
+
+
+def family_of(model: nn.Module) -> str:
+    """"SiT" or "LightningDiT" for a built-in model, else the plugin class's qualified name."""
+    for name, cls in builtin_families().items():
+        if type(model) is cls:
+            return name
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
 def _stats(values, channels: int, name: str) -> list[float] | None:
     if values is None:
         return None
@@ -107,7 +128,7 @@ def _info_text(info: Mapping[str, Any]) -> str:
 # -- the export folder ------------------------------------------------------------------------
 def save_generator_export(folder: Path, model: nn.Module, *, generator: str, latent_stats=None,
                           vae: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write `folder/sit.safetensors` + `folder/sit.json`; returns the folder.
+    """Write `folder/generator.safetensors` + `folder/generator.json`; returns the folder.
 
     `model`: a SiT, or any generator with an `arch` dict (plugins); pass the EMA weights.
     `generator`: the registered name that rebuilds it (`registry.generator(name).build(**arch)`).
@@ -132,7 +153,7 @@ def save_generator_export(folder: Path, model: nn.Module, *, generator: str, lat
         "weights": WEIGHTS_NAME,
         "weights_sha256": None,
         "generator": generator,
-        "family": "SiT" if isinstance(model, SiT) else f"{type(model).__module__}.{type(model).__qualname__}",
+        "family": family_of(model),
         "arch": _jsonable(dict(arch)),
         "num_classes": int(arch.get("num_classes", getattr(model, "num_classes", 0))),
         "latent_mean": mean,
@@ -150,47 +171,55 @@ def save_generator_export(folder: Path, model: nn.Module, *, generator: str, lat
         info["weights_sha256"] = file_sha256(tmp)
     with atomic_file(folder / INFO_NAME) as tmp:
         tmp.write_text(_info_text(info))
+    for stale in (LEGACY["info"], LEGACY["weights"]):  # an older export in the same folder
+        (folder / stale).unlink(missing_ok=True)
     return folder
 
 
+def info_file(folder: Path) -> Path | None:
+    """The folder's generator.json, or the sit.json of an older export."""
+    return next((Path(folder) / name for name in INFO_NAMES if (Path(folder) / name).is_file()), None)
+
+
 def export_folder(path: Path) -> Path | None:
-    """The export folder that `path` names: itself, its `export/` (a run folder), or a sit.json's folder."""
+    """The export folder that `path` names: itself, its `export/` (a run folder), or its generator.json's folder."""
     path = Path(path).expanduser()
-    if path.is_file() and path.name == INFO_NAME:
+    if path.is_file() and path.name in INFO_NAMES:
         return path.parent
     for candidate in (path, path / RUN_EXPORT):
-        if (candidate / INFO_NAME).is_file():
+        if info_file(candidate) is not None:
             return candidate
     return None
 
 
 def _read_info(folder: Path, option: str) -> dict[str, Any]:
-    path = folder / INFO_NAME
+    path = info_file(folder) or folder / INFO_NAME
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise UserError(f"{option} {path}: not a readable sit.json ({type(error).__name__}: {error})") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise UserError(f"{option} {path}: not a readable {path.name} ({type(error).__name__}: {error})") from None
+    if not isinstance(info, dict) or info.get("format") not in (FORMAT, LEGACY["format"]):
         raise UserError(f"{option} {path}: not a sendvae generator export (expected \"format\": \"{FORMAT}\")")
     version = info.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"{option} {path}: format_version {version!r} is newer than this sendvae reads "
                         f"({FORMAT_VERSION}); upgrade sendvae")
     if not isinstance(info.get("arch"), dict) or not isinstance(info.get("generator"), str):
-        raise UserError(f"{option} {path}: sit.json lacks \"generator\" or \"arch\"")
+        raise UserError(f"{option} {path}: {path.name} lacks \"generator\" or \"arch\"")
     return info
 
 
 def _build(info: Mapping[str, Any], build: BuildFn | None, where: Path, option: str) -> nn.Module:
     if build is not None:
         return build(info["generator"], info["arch"])
-    if info.get("family", "SiT") != "SiT":
-        raise UserError(f"{option} {where}: generator {info['generator']!r} ({info['family']}) comes from a plugin; "
+    family = info.get("family", "SiT")
+    if family not in builtin_families():
+        raise UserError(f"{option} {where}: generator {info['generator']!r} ({family}) comes from a plugin; "
                         "load it through the registry (pass build=)")
     try:
-        return SiT(**info["arch"])
+        return builtin_families()[family](**info["arch"])
     except (TypeError, ValueError) as error:
-        raise UserError(f"{option} {where}: bad \"arch\" in sit.json ({error})") from None
+        raise UserError(f"{option} {where}: bad \"arch\" in its generator.json ({error})") from None
 
 
 def _stat_tensor(values, channels: int, name: str, where: Path, option: str) -> torch.Tensor | None:
@@ -204,7 +233,7 @@ def _stat_tensor(values, channels: int, name: str, where: Path, option: str) -> 
 
 def load_generator_export(path: Path, device: torch.device | str = "cpu", *, build: BuildFn | None = None,
                           option: str = "generator", verify: bool = True, **import_options: Any) -> LoadedGenerator:
-    """A generator from an export folder, a run folder (its `export/`), a sit.json, or a REPA /
+    """A generator from an export folder, a run folder (its `export/`), a generator.json, or a REPA /
     REPA-E `.pt` (then `import_options` go to `import_repa_checkpoint`).
 
     `build(generator_name, arch) -> model` builds plugin generators (the registry's
@@ -219,13 +248,15 @@ def load_generator_export(path: Path, device: torch.device | str = "cpu", *, bui
     if folder is None:
         what = "no such file or folder" if not path.exists() else f"holds no {INFO_NAME} (nor {RUN_EXPORT}/{INFO_NAME})"
         raise UserError(f"{option} {path}: {what}; expected a generator export, a train-sit run folder "
-                        "or a REPA/REPA-E .pt checkpoint")
+                        "or a REPA/REPA-E or LightningDiT .pt checkpoint")
     info = _read_info(folder, option)
-    weights = folder / str(info.get("weights") or WEIGHTS_NAME)
+    info_name = info_file(folder).name
+    default_weights = LEGACY["weights"] if info_name == LEGACY["info"] else WEIGHTS_NAME
+    weights = folder / str(info.get("weights") or default_weights)
     if not weights.is_file():
-        raise UserError(f"{option} {folder}: {weights.name} is missing (sit.json names it)")
+        raise UserError(f"{option} {folder}: {weights.name} is missing ({info_name} names it)")
     if verify and info.get("weights_sha256") and file_sha256(weights) != info["weights_sha256"]:
-        raise UserError(f"{option} {weights}: does not match the SHA-256 recorded in sit.json "
+        raise UserError(f"{option} {weights}: does not match the SHA-256 recorded in {info_name} "
                         "(an interrupted export or a replaced file); export again")
     model = _build(info, build, folder, option)
     try:
@@ -234,7 +265,7 @@ def load_generator_export(path: Path, device: torch.device | str = "cpu", *, bui
         raise UserError(f"{option} {weights}: not a readable safetensors file ({type(error).__name__}: {error})") from None
     problem = key_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, state)
     if problem:
-        raise UserError(f"{option} {weights}: does not fit the architecture in sit.json: {problem}")
+        raise UserError(f"{option} {weights}: does not fit the architecture in {info_name}: {problem}")
     model.load_state_dict(state)
     model.to(device).eval()
     channels = int(info["arch"].get("in_channels", 0))
@@ -247,7 +278,7 @@ def load_generator_export(path: Path, device: torch.device | str = "cpu", *, bui
 
 
 def looks_like_generator(path: Path) -> bool:
-    """True for an export folder, a run folder with `export/`, a sit.json, or a REPA/REPA-E SiT .pt."""
+    """True for an export folder, a run folder with `export/`, a generator.json, or a REPA/REPA-E SiT .pt."""
     path = Path(path).expanduser()
     if export_folder(path) is not None:
         return True
@@ -343,7 +374,8 @@ def _arch_from_state(state: dict[str, torch.Tensor], args: dict[str, Any], *, wh
 def import_repa_checkpoint(pt_path: Path, *, use_ema: bool = True, device: torch.device | str = "cpu",
                            generator: str | None = None, heads: int | None = None, encoder_depth: int | None = None,
                            latent_stats=None, option: str = "generator") -> LoadedGenerator:
-    """A REPA / REPA-E SiT checkpoint as a LoadedGenerator (EMA weights unless use_ema=False).
+    """A REPA / REPA-E SiT checkpoint, or a hustvl/LightningDiT one (`lightningdit_checkpoint`), as a
+    LoadedGenerator (EMA weights unless use_ema=False).
 
     Also reads a bare state dict (REPA's released `last.pt`), and REPA's early layout with
     `decoder_blocks.*`. Sizes are read off the tensors; heads come from the model name in
@@ -366,6 +398,11 @@ def import_repa_checkpoint(pt_path: Path, *, use_ema: bool = True, device: torch
     state = _pick_state(checkpoint, use_ema)
     if state is None:
         raise UserError(f"{option} {pt_path}: holds no \"ema\" or \"model\" SiT state dict")
+    from sendvae_cli.generators.lightningdit_checkpoint import import_lightningdit_state, is_lightningdit_state
+
+    if is_lightningdit_state(state):
+        return import_lightningdit_state(state, checkpoint, path=pt_path, use_ema=use_ema, device=device,
+                                         generator=generator, latent_stats=latent_stats, option=option)
     args = _args_dict(checkpoint.get("args"))
     depth_for_legacy = encoder_depth if encoder_depth is not None else int(args.get("encoder_depth", 8))
     state = _undo_legacy_split(dict(state), depth_for_legacy)
@@ -449,10 +486,10 @@ def export_repa_checkpoint(model: SiT | LoadedGenerator, pt_path: Path, *, flavo
     pt_path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {"model": state, "ema": state, "opt": {}, "args": _jsonable(record), "steps": int(steps)}
     with atomic_file(pt_path) as tmp:
-        torch.save(checkpoint, tmp)
+        save_torch(checkpoint, tmp)
     return pt_path
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_NAME", "INFO_NAME", "LoadedGenerator", "save_generator_export",
+__all__ = ["FORMAT", "FORMAT_VERSION", "WEIGHTS_NAME", "INFO_NAME", "LoadedGenerator", "save_generator_export", "info_file",
            "load_generator_export", "export_folder", "looks_like_generator", "import_repa_checkpoint",
            "export_repa_checkpoint"]

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sendvae_cli.generators.attention import attend, check_backend
+from sendvae_cli.generators.attention import BACKENDS, attend, check_backend
+from sendvae_cli.generators.base import FlowGenerator
 from sendvae_cli.generators.sizes import PROJECTOR_WIDTH, sit_sizes
 
 
@@ -207,7 +208,7 @@ def projector(width: int, hidden: int, out: int) -> nn.Sequential:
 #################################################################################
 
 
-class SiT(nn.Module):
+class SiT(FlowGenerator):
     """A SiT velocity model on latents of shape (in_channels, input_size, input_size).
 
     `arch` holds the constructor keywords (JSON-serialisable) and rebuilds the same
@@ -215,11 +216,13 @@ class SiT(nn.Module):
     `arch`; change it with `set_attention`.
     """
 
+    offers_projections = True
+    attention_backends = BACKENDS
+
     def __init__(self, *, input_size: int, in_channels: int, patch_size: int, depth: int, width: int, heads: int,
                  mlp_ratio: float = 4.0, num_classes: int = 1000, class_dropout: float = 0.1, qk_norm: bool = False,
                  encoder_depth: int = 8, projector_dims: Sequence[int] = (), projector_width: int = PROJECTOR_WIDTH,
                  attention: str = "auto"):
-        super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not a multiple of patch_size {patch_size}")
         projector_dims = tuple(int(d) for d in projector_dims)
@@ -227,15 +230,15 @@ class SiT(nn.Module):
             raise ValueError(f"encoder_depth {encoder_depth} must lie in 1..{depth} (the model's depth)")
         if num_classes < 1:
             raise ValueError("num_classes must be at least 1")
-        self.arch: dict[str, Any] = {
+        arch: dict[str, Any] = {
             "input_size": int(input_size), "in_channels": int(in_channels), "patch_size": int(patch_size),
             "depth": int(depth), "width": int(width), "heads": int(heads), "mlp_ratio": float(mlp_ratio),
             "num_classes": int(num_classes), "class_dropout": float(class_dropout), "qk_norm": bool(qk_norm),
             "encoder_depth": int(encoder_depth), "projector_dims": list(projector_dims),
             "projector_width": int(projector_width),
         }
-        self.input_size, self.in_channels, self.patch_size = input_size, in_channels, patch_size
-        self.num_classes, self.class_dropout = num_classes, class_dropout
+        super().__init__(input_size=input_size, in_channels=in_channels, num_classes=num_classes, arch=arch)
+        self.patch_size, self.class_dropout = patch_size, class_dropout
         self.encoder_depth, self.projector_dims = encoder_depth, projector_dims
         self.grid = input_size // patch_size
 
@@ -289,6 +292,9 @@ class SiT(nn.Module):
     def null_class(self) -> int | None:
         """The label id that means "no class" (for CFG), or None when the model has none."""
         return self.num_classes if self.y_embedder.has_null else None
+
+    def projection_grid(self) -> tuple[int, int]:
+        return (self.grid, self.grid)
 
     def label_drop_mask(self, batch: int, *, generator: torch.Generator | None = None,
                         device: torch.device | str | None = None) -> torch.Tensor:
@@ -352,14 +358,9 @@ def build_sit(name: str, **kwargs: Any) -> SiT:
     return SiT(**{**SIT_NAMES[key], **kwargs})
 
 
-def build_from_spec(spec: Any, **arch: Any) -> SiT:
-    """The factory of the built-in generator specs: the spec's sizes, completed or overridden by `arch`."""
-    return SiT(**{**spec.architecture(), **arch})
-
-
 SIT_NAMES: dict[str, dict[str, int]] = sit_sizes()
 SIT_ALIASES = {name.lower(): name for name in SIT_NAMES}
 SIT_MODELS = {name: partial(build_sit, name) for name in SIT_NAMES}
 
 
-__all__ = ["SiT", "SIT_MODELS", "SIT_NAMES", "build_sit", "build_from_spec", "sincos_2d", "modulate"]
+__all__ = ["SiT", "SIT_MODELS", "SIT_NAMES", "build_sit", "sincos_2d", "modulate"]

@@ -18,7 +18,7 @@ COMMON = {
     "seed": 0, "lr": 1e-4, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "grad_clip": 1.0,
     "cfg_prob": 0.1, "time_schedule": "uniform", "time_mean": 0.0, "proj_weight": 0.5, "precision": "auto", "keep_checkpoints": 2,
     "flip": "auto", "num_classes": None, "preview_count": 16, "preview_steps": 50, "preview_cfg": 1.0,
-    "steps": None, "epochs": None, "attention": "auto", "qk_norm": False, "encoder_depth": None,
+    "steps": None, "epochs": None, "attention": "auto", "qk_norm": None, "encoder_depth": None,
     "projector_width": None,
 }
 PRESETS: dict[str, dict[str, Any]] = {
@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # above the middle of the path (median t 0.62), where a sample's shape is decided; an EMA short
     # enough to follow them. The shape judge's figures behind the choice are in docs/reproduce.md.
     "tiny": dict(COMMON, model="SiT-tiny/1", teacher="dinov2-s", batch_size=32, micro_batch=32, steps=1200,
-                 lr=3e-3, time_schedule="lognormal", time_mean=0.5, ema=0.999, projector_width=256, log_every=10,
+                 lr=3e-3, time_schedule="lognormal", time_mean=0.5, ema=0.999, log_every=10,
                  checkpoint_every=100, sample_every=100, preview_steps=25),
 }
 
@@ -44,10 +44,12 @@ class SiTTrainConfig(TrainConfig):
     random_weights: bool = False
     # REPA and the model
     proj_weight: float = 0.5
-    encoder_depth: int | None = None  # None: the model's own (8 for L/XL, 4 for S/B)
-    projector_width: int | None = None  # None: the model's own (2048)
+    # Architecture options: None = the generator's own (its spec's `arch`); given, they must be
+    # options the generator declares (train/sit_trainer.py, architecture_overrides).
+    encoder_depth: int | None = None
+    projector_width: int | None = None
+    qk_norm: bool | None = None
     cfg_prob: float = 0.1
-    qk_norm: bool = False
     attention: str = "auto"
     compile: bool = False
     time_schedule: str = "uniform"
@@ -61,16 +63,26 @@ class SiTTrainConfig(TrainConfig):
     preview_cfg: float = 1.0
     # local files and sources (paths as strings, as config.json records them)
     images: str | None = None
+    root: str | None = None  # where a dataset named by --images lives on disk
+    init: str | None = None  # weights to start from (an export, a run, a REPA/REPA-E or LightningDiT .pt)
     teacher_weights: str | None = None
     teacher_features: str | None = None
     latent_stats: str | None = None
     vae: str | None = None
     vae_weights: str | None = None
 
-    ADDED: ClassVar[dict[str, Any]] = {"time_mean": 0.0}
+    ADDED: ClassVar[dict[str, Any]] = {"time_mean": 0.0, "init": None}
     RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + (
-        "compile", "attention", "attention_backend", "vae", "vae_weights", "images", "teacher_features",
+        "compile", "attention", "attention_backend", "vae", "vae_weights", "images", "root", "teacher_features",
         "preview_count", "preview_steps", "preview_cfg")
+
+    def record(self) -> dict[str, Any]:
+        record = super().record()
+        if record["qk_norm"] is None:
+            # Runs recorded before the option became "the generator's own unless given" hold false,
+            # which is what every built-in generator's own is: they resume.
+            record["qk_norm"] = False
+        return record
 
     @classmethod
     def from_flags(cls, preset: str, explicit: Mapping[str, Any], **run: Any) -> "SiTTrainConfig":
@@ -86,4 +98,4 @@ class SiTTrainConfig(TrainConfig):
         return cls(**merged, **rest, **paths, preset=preset)
 
 
-PATH_FIELDS = ("teacher_weights", "teacher_features", "latent_stats", "vae_weights")
+PATH_FIELDS = ("teacher_weights", "teacher_features", "latent_stats", "vae_weights", "init")

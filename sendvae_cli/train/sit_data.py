@@ -316,7 +316,8 @@ def resolve_labels(latents: LatentDataset, num_classes: int | None, option: str)
 
 def open_sit_data(latents_path: Path, *, seed: int, flip: str = "auto", num_classes: int | None = None,
                   latent_stats: Path | None = None, images: str | None = None, features: Path | None = None,
-                  teacher: str | None = None, registry=None, need_teacher: bool = True) -> SiTData:
+                  teacher: str | None = None, registry=None, need_teacher: bool = True,
+                  root: str | None = None) -> SiTData:
     """Open and check the latent cache and the teacher's source; refuse mismatches in one line."""
     if flip not in FLIP_MODES:
         raise UserError(f"--flip {flip}: expected one of {', '.join(FLIP_MODES)}")
@@ -339,7 +340,7 @@ def open_sit_data(latents_path: Path, *, seed: int, flip: str = "auto", num_clas
         if features is not None:
             feature_cache = FeatureCache.open(Path(features), latent_rows, len(latents), teacher)
         else:
-            image_source, image_index = open_image_rows(images, latents, latent_rows, registry)
+            image_source, image_index = open_image_rows(images, latents, latent_rows, registry, root=root)
 
     # Flips only when the teacher's target for the flipped view exists too.
     exact_flip = not need_teacher or image_source is not None or (feature_cache is not None and feature_cache.has_flip)
@@ -356,8 +357,15 @@ def open_sit_data(latents_path: Path, *, seed: int, flip: str = "auto", num_clas
                    flip=use_flip, attrs=dict(latents.attrs), features=feature_cache, image_source=image_source)
 
 
-def open_image_rows(images: str, latents: LatentDataset, latent_rows: list[str] | None, registry):
-    """The image source behind --images at the cache's resolution, and latent row -> image row."""
+def _short(described: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in described.items() if k in ("kind", "root", "name", "rows", "seed"))
+
+
+def open_image_rows(images: str, latents: LatentDataset, latent_rows: list[str] | None, registry, *,
+                    root: str | None = None):
+    """The image source behind --images at the cache's resolution (a dataset on disk under `root`),
+    and latent row -> image row. Images of another kind than the cache's, or in another order
+    where the cache records no row ids, are refused: REPA would align the wrong pictures."""
     from sendvae_cli.data.open import open_images
 
     attrs = latents.attrs
@@ -371,7 +379,16 @@ def open_image_rows(images: str, latents: LatentDataset, latent_rows: list[str] 
         from sendvae_cli.registry import get_registry
 
         registry = get_registry()
-    source = open_images(images, registry=registry, resolution=int(resolution), seed=seed)
+    source = open_images(images, registry=registry, resolution=int(resolution), seed=seed, root=root)
+    kind = source.describe().get("kind")
+    if described.get("kind") not in (None, "arrays") and kind != described["kind"]:
+        raise UserError(f"--images {images}: holds {kind} images, the latent cache was made from {described['kind']} "
+                        f"images ({_short(described)}); pass the images the cache was made from")
+    recorded_order = attrs.get("row_order_sha256")
+    if latent_rows is None and recorded_order and len(source) == len(latents) \
+            and source.row_order_sha256() != recorded_order:
+        raise UserError(f"--images {images}: not the images of the latent cache (row order sha256 "
+                        f"{source.row_order_sha256()[:12]}…, the cache records {str(recorded_order)[:12]}…)")
     have = source.row_ids()
     if latent_rows is None:
         if len(have) < len(latents):

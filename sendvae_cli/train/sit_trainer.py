@@ -1,13 +1,15 @@
-"""`sendvae train-sit`: a SiT flow-matching transformer, with REPA, on a latent cache.
+"""`sendvae train-sit`: a flow-matching generator (SiT, LightningDiT or a plugin's), with REPA, on a
+latent cache.
 
 `SiTTrainer` plugs into the shared loop (`train/loop.py`: resume, DDP, accumulation, NaN guard,
-EMA, checkpoints, metrics, progress); this file holds what is particular to SiT training.
+EMA, checkpoints, metrics, progress); this file holds what is particular to generator training.
+The generator is seen only through `generators.base.FlowGenerator`.
 
 One optimizer step (global batch G, kept on any number of processes by accumulation):
     for each micro-batch:
         z   = (mean + std * eps - mu) / sigma              posterior sample, normalised, on the device
         t, noise ~ the flow path; x_t = (1 - t) z + t noise; target v = noise - z
-        v, h = SiT(x_t, t, y with 10% of labels dropped to the null class)
+        v, h = model(x_t, t, y with 10% of labels dropped to the model's null class)
         L = |v - target|^2 + proj_weight * (-cos(h, teacher tokens))        (flow/loss.py)
     clip the gradient norm, AdamW step, EMA update.
 
@@ -31,7 +33,9 @@ from torch import nn
 
 from sendvae_cli import __version__, distributed
 from sendvae_cli.errors import UserError
+from sendvae_cli.generators.base import FlowGenerator
 from sendvae_cli.progress import info, warn
+from sendvae_cli.specs import resolve_factory
 from sendvae_cli.teachers.base import TOKEN_STRIDE
 from sendvae_cli.train import loop
 from sendvae_cli.train.checkpoint import Checkpoints, unwrap
@@ -45,25 +49,79 @@ from sendvae_cli.train.sit_data import keep_batch
 # --------------------------------------------------------------------------------------------
 
 
-def build_model(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) -> nn.Module:
-    """The SiT named by --model for this cache's latents, seeded, with one projector when REPA is on."""
+# train-sit options that change a generator's architecture: config field -> the flag a user gives.
+# Each is handed to the generator only when given, and only when its spec's `arch` declares it.
+ARCH_OPTIONS = {"encoder_depth": "--encoder-depth", "qk_norm": "--qk-norm", "projector_width": "projector_width"}
+
+
+def architecture_overrides(cfg: SiTTrainConfig, spec) -> dict[str, Any]:
+    """The explicit architecture options of this run; one that the generator lacks is an error."""
+    given = {key: getattr(cfg, key) for key in ARCH_OPTIONS if getattr(cfg, key) is not None}
+    for key in given:
+        if key not in spec.arch:
+            declared = ", ".join(sorted(spec.arch)) or "none"
+            raise UserError(f"{ARCH_OPTIONS[key]}: does not apply to --model {cfg.model} ({spec.family or 'plugin'} "
+                            f"generator; its architecture options: {declared})")
+    return given
+
+
+def build_model(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) -> FlowGenerator:
+    """The generator named by --model for this cache's latents, seeded: the data decides its input
+    size, channels and classes, REPA adds one projector per teacher, explicit options the rest."""
     spec = registry.generator(cfg.model)
     channels, size, _ = data.latent_shape
-    overrides: dict[str, Any] = {"input_size": size, "in_channels": channels, "num_classes": data.num_classes,
-                                 "class_dropout": cfg.cfg_prob, "qk_norm": cfg.qk_norm,
-                                 "projector_dims": [teacher_width] if teacher_width else []}
-    for key in ("encoder_depth", "projector_width"):
-        if getattr(cfg, key):
-            overrides[key] = getattr(cfg, key)
+    keywords: dict[str, Any] = {"input_size": size, "in_channels": channels, "num_classes": data.num_classes,
+                                **architecture_overrides(cfg, spec)}
+    if teacher_width:
+        factory = resolve_factory(spec.factory)
+        if isinstance(factory, type) and issubclass(factory, FlowGenerator) and not factory.offers_projections:
+            raise UserError(f"--model {cfg.model}: offers no REPA projections; train it with --proj-weight 0")
+        keywords["projector_dims"] = [teacher_width]
     torch.manual_seed(cfg.seed)
     try:
-        model = spec.build(**overrides)
+        model = spec.build(**keywords)
     except (ValueError, TypeError) as error:
-        raise UserError(f"--model {cfg['model']}: {error}") from None
-    if not hasattr(model, "forward_with_projections") and teacher_width:
-        raise UserError(f"--model {cfg['model']}: has no REPA projector (forward_with_projections); "
-                        f"train it with --proj-weight 0")
+        hint = ("; a generator without REPA projections trains with --proj-weight 0"
+                if teacher_width and "projector_dims" in str(error) else "")
+        raise UserError(f"--model {cfg.model}: {error}{hint}") from None
+    if not isinstance(model, FlowGenerator):
+        raise UserError(f"--model {cfg.model}: its factory returned a {type(model).__name__}, not a "
+                        f"sendvae_cli.generators.base.FlowGenerator")
+    if teacher_width and not model.offers_projections:
+        raise UserError(f"--model {cfg.model}: offers no REPA projections; train it with --proj-weight 0")
+    if data.conditional and cfg.cfg_prob > 0 and model.null_class is None:
+        raise UserError(f"--cfg-prob {cfg.cfg_prob}: --model {cfg.model} has no null class to drop labels to; "
+                        f"give --cfg-prob 0")
+    if not data.conditional and model.null_class is None:
+        raise UserError(f"--model {cfg.model}: has no null class, which a cache without labels trains on")
     return model
+
+
+def load_initial_weights(model: FlowGenerator, cfg: SiTTrainConfig, registry) -> None:
+    """--init: start from a trained generator's weights (a resumed run's checkpoint replaces them).
+    REPA projectors the source lacks keep their fresh initialisation; every other tensor must fit."""
+    from sendvae_cli.generators.export import load_generator_export
+    from sendvae_cli.weights import key_mismatch
+
+    loaded = load_generator_export(Path(cfg.init), option="--init",
+                                   build=lambda name, arch: registry.generator(name).build(**arch))
+    state = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("projectors.")}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("projectors.")}
+    problem = key_mismatch(expected, state)
+    if problem:
+        raise UserError(f"--init {cfg.init}: its {loaded.generator} does not fit --model {cfg.model} on this cache: "
+                        f"{problem}")
+    model.load_state_dict(state, strict=False)
+
+
+def check_projection_grid(model: FlowGenerator, cfg: SiTTrainConfig, data, grid, where: str) -> None:
+    """REPA pulls the model's tokens towards the teacher's: both grids must be the same."""
+    from sendvae_cli.train.sit_data import token_grid_message
+
+    rows, _ = model.projection_grid()
+    if tuple(grid) != tuple(model.projection_grid()):
+        raise UserError(token_grid_message(data.latent_shape[1:], max(1, data.latent_shape[1] // rows), grid,
+                                           cfg.model, where))
 
 
 class TeacherTargets:
@@ -141,40 +199,48 @@ def open_run_vae(cfg: SiTTrainConfig, data, registry, show: bool):
 class SiTObjective(nn.Module):
     """Model + data preparation + loss for one micro-batch, so DDP wraps one module."""
 
-    def __init__(self, model: nn.Module, normalizer: nn.Module, proj_weight: float, time_schedule: str,
-                 num_classes: int, conditional: bool, time_mean: float = 0.0):
+    def __init__(self, model: FlowGenerator, normalizer: nn.Module, proj_weight: float, time_schedule: str,
+                 cfg_prob: float, conditional: bool, time_mean: float = 0.0):
         super().__init__()
         self.model = model
         self.normalizer = normalizer
         self.proj_weight = proj_weight
         self.time_schedule = time_schedule
         self.time_mean = time_mean
-        self.num_classes = num_classes
+        self.cfg_prob = cfg_prob
+        self.null_class = model.null_class
         self.conditional = conditional
         # (forward, forward_with_projections); a tuple, so not registered as more submodules
-        self.entry_points = (model, getattr(model, "forward_with_projections", None))
+        self.entry_points = (model, model.forward_with_projections)
 
     def compile_model(self) -> None:
         """torch.compile the model's two entry points. A compiled module compiles its `forward`
         only, and with REPA the step calls `forward_with_projections`, so each is compiled itself."""
         self.entry_points = (torch.compile(self.model), torch.compile(self.model.forward_with_projections))
 
+    def labels(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The labels the model sees: a `cfg_prob` share dropped to the null class (for CFG), or all
+        null for a cache without labels. The mask is drawn on the generator's device in every step,
+        so the random stream does not depend on the settings."""
+        if not self.conditional:
+            return torch.full_like(labels, self.null_class)
+        drop = (torch.rand(len(labels), generator=generator, device=generator.device) < self.cfg_prob).to(labels.device)
+        return torch.where(drop, self.null_class, labels) if self.cfg_prob > 0 else labels
+
     def forward(self, mean, std, labels, tokens, generator, precision: str):
         from sendvae_cli.flow.interpolant import sample_path
         from sendvae_cli.flow.loss import flow_loss
 
-        model = self.model
         velocity, velocity_and_projections = self.entry_points
         with torch.no_grad():
             z = self.normalizer(mean, std, generator)
             path = sample_path(z, schedule=self.time_schedule, generator=generator, mean=self.time_mean)
-            y = labels if self.conditional else torch.full_like(labels, self.num_classes)
-            drop = model.label_drop_mask(len(y), generator=generator, device=y.device) if self.conditional else None
+            y = self.labels(labels, generator)
         with autocast_for(z.device, precision):
             if self.proj_weight:
-                v, projected = velocity_and_projections(path.x_t, path.t, y, drop_labels=drop)
+                v, projected = velocity_and_projections(path.x_t, path.t, y)
             else:
-                v, projected = velocity(path.x_t, path.t, y, drop_labels=drop), []
+                v, projected = velocity(path.x_t, path.t, y), []
         return flow_loss(v, path.target, projected, [tokens] if self.proj_weight else [],
                          proj_weight=self.proj_weight)
 
@@ -191,10 +257,8 @@ class Preview:
         count = cfg.preview_count
         g = torch.Generator().manual_seed(cfg.seed + 12_345)
         self.noise = torch.randn((count, *data.latent_shape), generator=g).to(device)
-        if data.conditional:
-            self.labels = (torch.arange(count) % data.num_classes).to(device)
-        else:
-            self.labels = torch.full((count,), data.num_classes, dtype=torch.long, device=device)
+        self.conditional = data.conditional
+        self.labels = (torch.arange(count) % data.num_classes).to(device) if data.conditional else None
         self.vae, self.normalizer, self.cfg, self.data = vae, normalizer, cfg, data
 
     @torch.no_grad()
@@ -204,20 +268,22 @@ class Preview:
 
         model = unwrap(model)
 
-        z = ode_sample(model, self.noise, self.labels, steps=self.cfg.preview_steps,
-                       cfg_scale=self.cfg.preview_cfg, num_classes=self.data.num_classes).float()
+        labels = self.labels if self.conditional else torch.full((len(self.noise),), model.null_class,
+                                                                   dtype=torch.long, device=self.noise.device)
+        z = ode_sample(model, self.noise, labels, steps=self.cfg.preview_steps, cfg_scale=self.cfg.preview_cfg,
+                       null_class=model.null_class).float()
         images = self.vae.decode(self.normalizer.denormalize(z))
         images = images.sample if hasattr(images, "sample") else images
         half = (len(images) + 1) // 2
         two_rows = len(images) > 1 and len(images) % 2 == 0
         rows = [images[:half], images[half:]] if two_rows else [images]
-        labels = self.labels.tolist()
-        if not self.data.conditional:
+        if not self.conditional:
             captions = []
         elif two_rows:
+            labels = self.labels.tolist()
             captions = [f"{a}/{b}" for a, b in zip(labels[:half], labels[half:])]
         else:
-            captions = [str(a) for a in labels]
+            captions = [str(a) for a in self.labels.tolist()]
         title = f"step {step}: EMA samples" + (", class top/bottom" if two_rows and captions else "")
         return save_grid(rows, path, title=title, captions=captions)
 
@@ -258,13 +324,13 @@ class SiTTrainer(Trainer):
 
     # -- data --------------------------------------------------------------------------------
     def rows(self):
-        from sendvae_cli.train.sit_data import open_sit_data, token_grid_message
+        from sendvae_cli.train.sit_data import open_sit_data
 
         cfg = self.config
         data = open_sit_data(Path(cfg.data), seed=cfg.seed, flip=cfg.flip, num_classes=cfg.num_classes,
                              latent_stats=cfg.latent_stats, images=cfg.images, features=cfg.teacher_features,
                              teacher=cfg.teacher if self.repa else None, registry=self.registry,
-                             need_teacher=self.repa)
+                             need_teacher=self.repa, root=cfg.root)
         old = _recorded_config(self.out)
         recorded = data.attrs.get("vae_weights_sha256")
         if old and old.get("vae_weights_sha256") not in (None, recorded):
@@ -274,16 +340,22 @@ class SiTTrainer(Trainer):
         if self.repa:
             if data.features is not None:
                 self.teacher_name, self.teacher_width, grid = data.features.teacher, data.features.width, data.features.grid
-                where = f"--teacher-features {cfg.teacher_features}"
+                self.teacher_where = f"--teacher-features {cfg.teacher_features}"
             else:
                 spec = self.registry.teacher(cfg.teacher)
                 side = int(data.attrs["resolution"]) // TOKEN_STRIDE
                 self.teacher_name, self.teacher_width, grid = spec.name, spec.width, (side, side)
-                where = f"--teacher {spec.name}"
-            patch = int(self.spec.patch_size)
-            if tuple(grid) != (data.latent_shape[1] // patch, data.latent_shape[2] // patch):
-                raise UserError(token_grid_message(data.latent_shape[1:], patch, grid, cfg.model, where))
+                self.teacher_where = f"--teacher {spec.name}"
+            self.teacher_grid = tuple(grid)
         self.data = data
+        # The generator is built once here, on the CPU, so that a model that does not fit the data
+        # (or a mistyped option) is refused before the run folder is touched; build() moves it.
+        self.model = build_model(cfg, self.registry, data, self.teacher_width if self.repa else None)
+        if self.repa:
+            check_projection_grid(self.model, cfg, data, self.teacher_grid, self.teacher_where)
+        if cfg.init:
+            load_initial_weights(self.model, cfg, self.registry)
+        self.check_attention()
         # The VAE that decodes the grids; a --vae that did not write the cache is refused here,
         # before the run folder is touched.
         show = int(os.environ.get("RANK", "0")) == 0 and not cfg.quiet
@@ -299,12 +371,21 @@ class SiTTrainer(Trainer):
 
     collate = staticmethod(keep_batch)  # SiTRows returns whole micro-batches
 
+    def check_attention(self) -> None:
+        attention = self.config.attention
+        backends = self.model.attention_backends
+        if attention != "auto" and attention not in backends:
+            offered = f"it offers {', '.join(backends)}" if backends else "it has no choice of attention kernel"
+            raise UserError(f"--attention {attention}: does not apply to --model {self.config.model} ({offered})")
+
     def data_facts(self) -> dict[str, Any]:
         from sendvae_cli.generators.attention import resolve_backend
 
-        device = distributed.pick_device(self.config.device, int(os.environ.get("LOCAL_RANK", "0")))
-        return dict(self.data.describe(), teacher=self.teacher_name if self.repa else None,
-                    attention_backend=resolve_backend(self.config.attention, device))
+        facts = dict(self.data.describe(), teacher=self.teacher_name if self.repa else None)
+        if self.model.attention_backends:  # a model without a kernel choice records none
+            device = distributed.pick_device(self.config.device, int(os.environ.get("LOCAL_RANK", "0")))
+            facts["attention_backend"] = resolve_backend(self.config.attention, device)
+        return facts
 
     # -- models ------------------------------------------------------------------------------
     def build(self, ctx: StepContext) -> Parts:
@@ -312,10 +393,9 @@ class SiTTrainer(Trainer):
 
         cfg, data = self.config, self.data
         self.targets = TeacherTargets(cfg, self.registry, data, ctx.device) if self.repa else None
-        model = build_model(cfg, self.registry, data, self.teacher_width if self.repa else None)
-        if hasattr(model, "set_attention"):
-            model.set_attention(cfg.attention)
-        self.model = model.to(ctx.device).train()
+        if self.model.attention_backends:
+            self.model.set_attention(cfg.attention)
+        self.model = self.model.to(ctx.device).train()
         self.normalizer = LatentNormalizer(data.latent_mean, data.latent_std).to(ctx.device)
         self.optimizer = adamw(self.model.parameters(), ctx.device, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                weight_decay=cfg.weight_decay)
@@ -324,7 +404,7 @@ class SiTTrainer(Trainer):
     def prepare(self, ctx: StepContext) -> None:
         cfg = self.config
         objective: nn.Module = SiTObjective(self.model, self.normalizer, cfg.proj_weight, cfg.time_schedule,
-                                            self.data.num_classes, self.data.conditional, cfg.time_mean)
+                                            cfg.cfg_prob, self.data.conditional, cfg.time_mean)
         if cfg.compile:
             objective.compile_model()
         if ctx.dist.world > 1:
@@ -380,7 +460,9 @@ class SiTTrainer(Trainer):
             self.finish(step, ctx)  # the export follows every checkpoint
 
     def finished(self, step: int) -> str | None:
-        if (self.out / "export" / "sit.json").exists():
+        from sendvae_cli.generators.export import info_file
+
+        if info_file(self.out / "export") is not None:
             return f"{self.out} is already complete ({step} steps, exported to {self.out / 'export'}); nothing to do"
         return None
 
@@ -407,7 +489,7 @@ def export_run(cfg: SiTTrainConfig, registry, out: Path) -> dict[str, Any]:
         raise UserError(f"--export: {out} has no checkpoint yet")
     trainer = SiTTrainer(cfg, registry, out)
     trainer.rows()
-    model = build_model(cfg, registry, trainer.data, trainer.teacher_width if trainer.repa else None)
+    model = trainer.model
     ema = copy.deepcopy(model)
     state = checkpoints.load(latest, {"model": model, "ema": ema})
     vae_ref = cfg.vae or trainer.data.attrs.get("vae")

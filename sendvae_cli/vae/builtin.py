@@ -49,7 +49,7 @@ def _scratch(config, description=None, name=None, aliases=()):
     return VAEBaseSpec(
         name=name or f"{config}-scratch", description=description or f"LDM AutoencoderKL {config}, random init",
         factory=FACTORY, downsample=downsample, latent_channels=channels, source="random init",
-        licence="-", aliases=tuple(aliases), options={"config": config},
+        needs_weights=False, licence="-", aliases=tuple(aliases), options={"config": config},
     )
 
 
