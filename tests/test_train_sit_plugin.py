@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import invoke, one_line_error, run_cli
-from test_generator_plugin import MyGenerators
+from test_generator_plugin import MicroFlow, MyGenerators
 from sendvae_cli import DatasetSpec, hookimpl
 from sendvae_cli.errors import UserError
 from sendvae_cli.registry import Registry
@@ -129,3 +129,66 @@ def test_images_of_a_dataset_on_disk_take_root_and_must_be_the_caches(latents, t
             train_sit(replace(cfg, images=images, root=root), registry, tmp_path / f"run-{len(images)}")
     train_sit(replace(cfg, images="rooted-shapes", root=str(tmp_path / "data")), registry, tmp_path / "ok")
     assert (tmp_path / "ok" / "export" / "generator.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# A plugin author's mistakes: one line each, found before or at the first step
+# --------------------------------------------------------------------------------------------
+class ColourfulFlow(MicroFlow):
+    """Records a keyword its constructor does not take: `sample` could not rebuild it."""
+
+    def __init__(self, **keywords):
+        super().__init__(**keywords)
+        self.arch["colour"] = "red"
+
+
+class NarrowProjections(MicroFlow):
+    """Projects to one channel fewer than the teacher's width."""
+
+    def forward_with_projections(self, x, t, y):
+        v, projected = super().forward_with_projections(x, t, y)
+        return v, [p[..., :-1] for p in projected]
+
+
+class Mistakes:
+    @hookimpl
+    def register_generators(self, register):
+        from sendvae_cli import GeneratorSpec
+
+        register(GeneratorSpec(name="Typo", description="a factory string that names nothing",
+                               factory="no_such_plugin_module.model:Flow"))
+        register(GeneratorSpec(name="Colourful", description="an arch it cannot be rebuilt from",
+                               factory=ColourfulFlow, arch={"width": 16}))
+        register(GeneratorSpec(name="Narrow", description="projectors of the wrong width",
+                               factory=NarrowProjections, arch={"width": 16}))
+
+
+@pytest.mark.parametrize("name, fragments", [
+    ("Typo", ["--model Typo: its factory 'no_such_plugin_module.model:Flow' cannot be loaded", "ModuleNotFoundError"]),
+    ("Colourful", ["--model Colourful: its arch record", "does not rebuild it", "colour"]),
+])
+def test_a_plugins_broken_factory_or_arch_is_one_line_before_training(latents, tmp_path, name, fragments):
+    from sendvae_cli.train.sit_trainer import train_sit
+
+    registry = Registry(load_outside=False)
+    registry.register_plugin("mistakes", Mistakes())
+    with pytest.raises(UserError) as caught:
+        train_sit(tiny_config(latents, name), registry, tmp_path / "run")
+    message = str(caught.value)
+    assert "\n" not in message and all(f in message for f in fragments), message
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_projections_of_the_wrong_width_are_one_line_and_the_loader_workers_stop(latents, tmp_path):
+    """The error of the first step names the model; the DataLoader's workers (which ignore
+    SIGTERM) are stopped then, not left for the interpreter's exit to wait on forever."""
+    import multiprocessing
+
+    from sendvae_cli.train.sit_trainer import train_sit
+
+    registry = Registry(load_outside=False)
+    registry.register_plugin("mistakes", Mistakes())
+    with pytest.raises(UserError, match=r"--model Narrow: REPA: projector output .* differ in shape") as caught:
+        train_sit(replace(tiny_config(latents, "Narrow"), workers=2), registry, tmp_path / "run")
+    assert caught.value.__traceback__ is not None  # the traceback (and the iterator in its frames) is alive
+    assert multiprocessing.active_children() == []

@@ -19,6 +19,10 @@ import torch
 import torch.nn.functional as F
 
 
+
+class ShapeMismatch(ValueError):
+    """A generator's outputs do not have the shapes the objective needs (its contract, broken)."""
+
 def _no_autocast(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
 
@@ -26,7 +30,7 @@ def _no_autocast(device: torch.device):
 def velocity_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error over every element, as a float32 scalar."""
     if pred.shape != target.shape:
-        raise ValueError(f"velocity prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        raise ShapeMismatch(f"velocity prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     with _no_autocast(pred.device):
         return (pred.float() - target.float()).pow(2).mean()
 
@@ -34,7 +38,7 @@ def velocity_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def negative_cosine(projected: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Mean over samples and tokens of -cos between (B, N, D) projector outputs and teacher tokens."""
     if projected.shape != teacher.shape:
-        raise ValueError(f"REPA: projector output {tuple(projected.shape)} and teacher tokens "
+        raise ShapeMismatch(f"REPA: projector output {tuple(projected.shape)} and teacher tokens "
                          f"{tuple(teacher.shape)} differ in shape (tokens and width must match)")
     with _no_autocast(projected.device):
         a = F.normalize(projected.float(), dim=-1)
@@ -45,7 +49,7 @@ def negative_cosine(projected: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
 def repa_loss(projected: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor]) -> torch.Tensor:
     """REPA's alignment term: the negative cosine averaged over teachers (one projector each)."""
     if len(projected) != len(teachers) or not projected:
-        raise ValueError(f"REPA: {len(projected)} projector outputs for {len(teachers)} teachers; "
+        raise ShapeMismatch(f"REPA: {len(projected)} projector outputs for {len(teachers)} teachers; "
                          "the model needs one projector per teacher")
     return torch.stack([negative_cosine(p, z) for p, z in zip(projected, teachers)]).mean()
 

@@ -317,6 +317,15 @@ def _mean_over_ranks(values: dict[str, float], dist: Dist) -> dict[str, float]:
     return {k: float(v) / dist.world for k, v in zip(keys, tensor.tolist())}
 
 
+def stop_loader_workers(batches) -> None:
+    """Stop a DataLoader iterator's worker processes now. The workers ignore SIGTERM (the main
+    process decides when to stop), so multiprocessing's exit handler, which terminates and then
+    joins them, would wait forever when an error's traceback keeps the iterator alive."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's own clean-up of its iterator
+    if shutdown is not None:
+        shutdown()
+
+
 def run(trainer: Trainer, out: Path) -> dict[str, Any]:
     """Train (or resume, or find finished) the run in `out`; see the module docstring.
 
@@ -423,6 +432,7 @@ def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
                       tracker=tracker, checkpoints=checkpoints, ema=ema, parts=parts, show=show)
     finally:
         tracker.close()
+        stop_loader_workers(batches)
 
     if dist.is_main:
         trainer.finish(step, ctx)

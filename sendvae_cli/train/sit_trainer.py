@@ -33,6 +33,7 @@ from torch import nn
 
 from sendvae_cli import __version__, distributed
 from sendvae_cli.errors import UserError
+from sendvae_cli.flow.loss import ShapeMismatch
 from sendvae_cli.generators.base import FlowGenerator
 from sendvae_cli.progress import info, warn
 from sendvae_cli.specs import resolve_factory
@@ -72,8 +73,12 @@ def build_model(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) 
     channels, size, _ = data.latent_shape
     keywords: dict[str, Any] = {"input_size": size, "in_channels": channels, "num_classes": data.num_classes,
                                 **architecture_overrides(cfg, spec)}
-    if teacher_width:
+    try:
         factory = resolve_factory(spec.factory)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise UserError(f"--model {cfg.model}: its factory {spec.factory!r} cannot be loaded "
+                        f"({type(error).__name__}: {error}); check the plugin that registers it") from None
+    if teacher_width:
         if isinstance(factory, type) and issubclass(factory, FlowGenerator) and not factory.offers_projections:
             raise UserError(f"--model {cfg.model}: offers no REPA projections; train it with --proj-weight 0")
         keywords["projector_dims"] = [teacher_width]
@@ -89,12 +94,33 @@ def build_model(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) 
                         f"sendvae_cli.generators.base.FlowGenerator")
     if teacher_width and not model.offers_projections:
         raise UserError(f"--model {cfg.model}: offers no REPA projections; train it with --proj-weight 0")
+    check_arch_rebuilds(model, spec, cfg.model)
     if data.conditional and cfg.cfg_prob > 0 and model.null_class is None:
         raise UserError(f"--cfg-prob {cfg.cfg_prob}: --model {cfg.model} has no null class to drop labels to; "
                         f"give --cfg-prob 0")
     if not data.conditional and model.null_class is None:
         raise UserError(f"--model {cfg.model}: has no null class, which a cache without labels trains on")
     return model
+
+
+def check_arch_rebuilds(model: FlowGenerator, spec, name: str) -> None:
+    """`sample` rebuilds a trained model as `spec.build(**model.arch)`: check now, on the meta
+    device (no memory, no time), that the record builds the same tensors, rather than after the
+    training, when a generator's `arch` misses or adds a keyword."""
+    try:
+        with torch.device("meta"):
+            again = spec.build(**model.arch)
+    except (ValueError, TypeError) as error:
+        raise UserError(f"--model {name}: its arch record {dict(model.arch)} does not rebuild it ({error}); "
+                        f"`arch` must hold the constructor's keywords") from None
+    except (RuntimeError, NotImplementedError):  # a constructor that computes on its tensors: no meta check
+        return
+    theirs = {k: tuple(v.shape) for k, v in again.state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if theirs != ours:
+        differ = sorted(set(theirs.items()) ^ set(ours.items()))[0][0]
+        raise UserError(f"--model {name}: its arch record {dict(model.arch)} rebuilds another model (tensor "
+                        f"{differ!r} differs); `arch` must hold every constructor keyword that shapes it")
 
 
 def load_initial_weights(model: FlowGenerator, cfg: SiTTrainConfig, registry) -> None:
@@ -431,7 +457,10 @@ class SiTTrainer(Trainer):
         labels = batch["labels"].to(device, non_blocking=True)
         tokens = self.targets(batch) if self.targets is not None else None
         with ctx.sync(self.objective):
-            terms = self.objective(mean, std, labels, tokens, generator, self.config.precision)
+            try:
+                terms = self.objective(mean, std, labels, tokens, generator, self.config.precision)
+            except ShapeMismatch as error:  # a generator that breaks the contract: say which, in one line
+                raise UserError(f"--model {self.config.model}: {error}") from None
             (terms.total / ctx.accumulation).backward()
         out = {"loss": terms.total.detach(), "velocity": terms.velocity.detach()}
         if terms.repa is not None:
