@@ -53,6 +53,20 @@ def test_logvar_init_is_not_applied_to_trained_weights(reference, tmp_path):
     assert "--logvar-init -4: not applied" in result.stdout + result.stderr
 
 
+def test_logvar_init_none_keeps_pytorchs_init_and_a_word_is_an_error():
+    from sendvae_cli.cli.vae import parse_logvar_init
+    from sendvae_cli.errors import UserError
+    from sendvae_cli.train.vae_config import VAETrainConfig
+
+    def chosen(value):
+        explicit = {"logvar_init": parse_logvar_init(value), "teacher": "tv-mobilenet-v2"}
+        return VAETrainConfig.from_flags("tiny", explicit, data="shapes").logvar_init
+
+    assert (chosen(None), chosen("none"), chosen("None"), chosen("-6")) == (-4.0, None, None, -6.0)
+    with pytest.raises(UserError, match=r"^--logvar-init small: expected a number or 'none'$"):
+        parse_logvar_init("small")
+
+
 def test_exported_vae_loads_in_a_fresh_process_and_encodes(reference):
     code = (
         "import sys, torch\n"

@@ -10,6 +10,7 @@ import typer
 from sendvae_cli.cli import options as o
 from sendvae_cli.cli.app import app, is_main, registry, user_errors
 from sendvae_cli.errors import UserError
+from sendvae_cli.train.vae_config import KEEP_INIT
 
 LOSS_PANEL = "Losses"
 MAPPER_PANEL = "Mapper and alignment"
@@ -45,7 +46,7 @@ def train_vae(
     mapper_width: Annotated[Optional[int], typer.Option(help="Width of the mapper's ViT blocks (default: the teacher's width, as in the paper).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
     mapper_hidden: Annotated[Optional[int], typer.Option(help="Hidden width of the mapper's projector MLP (paper: 2048).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
     no_noise: Annotated[bool, typer.Option("--no-noise", help="Turn off noise injection before the mapper.", rich_help_panel=MAPPER_PANEL)] = False,
-    logvar_init: Annotated[Optional[float], typer.Option(help="A VAE from random weights starts its posterior's log-variance here (tiny: -4, a std of 0.14; default: PyTorch's init, a std near 1); ignored for trained weights.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    logvar_init: Annotated[Optional[str], typer.Option(help="A VAE from random weights starts its posterior's log-variance here (tiny: -4, a std of 0.14); 'none' keeps PyTorch's init (a std near 1; the paper preset's); ignored for trained weights.", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     recon: Annotated[Optional[str], typer.Option(help="Reconstruction loss: l1 or mse (paper: l1).", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
     lpips_weight: Annotated[Optional[float], typer.Option(help="LPIPS weight (paper: 1.0).", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
     kl_weight: Annotated[Optional[float], typer.Option(help="KL weight (paper: 1e-6).", rich_help_panel=LOSS_PANEL, show_default=False)] = None,
@@ -97,7 +98,7 @@ def train_vae(
         "grad_clip": grad_clip, "ema": ema, "align_weight": align_weight, "align_start": align_start,
         "mapper_depth": mapper_depth,
         "mapper_patch": mapper_patch, "mapper_width": mapper_width, "mapper_hidden": mapper_hidden,
-        "noise": False if no_noise else None, "logvar_init": logvar_init, "recon": recon,
+        "noise": False if no_noise else None, "logvar_init": parse_logvar_init(logvar_init), "recon": recon,
         "lpips_weight": lpips_weight, "kl_weight": kl_weight, "gan_weight": gan_weight, "disc_start": disc_start,
         "log_every": log_every, "checkpoint_every": checkpoint_every, "sample_every": sample_every,
         "precision": precision, "stats_images": stats_images, "keep_checkpoints": keep,
@@ -129,3 +130,14 @@ def resolution_from_vae(vae: str, quiet: bool) -> int | None:
 
         info(f"--resolution {recorded}: the resolution {vae} was trained at (its vae.json); pass --resolution to change it")
     return recorded
+
+
+def parse_logvar_init(value: str | None) -> float | str | None:
+    """--logvar-init: a number, or 'none' (PyTorch's init, even where the preset sets one)."""
+    if value is None or value.strip().lower() == KEEP_INIT:
+        return None if value is None else KEEP_INIT
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"--logvar-init {value}: expected a number or 'none'") from None
+

@@ -80,6 +80,8 @@ class VAETrainConfig(TrainConfig):
     def from_flags(cls, preset: str, explicit: Mapping[str, Any], **run: Any) -> "VAETrainConfig":
         """The preset, overridden by each flag given (None = not given), plus run settings."""
         merged = resolve(PRESETS[preset], explicit)
+        if merged.get("logvar_init") == KEEP_INIT:  # given as 'none': PyTorch's init, whatever the preset says
+            merged["logvar_init"] = None
         if explicit.get("steps") is None and explicit.get("epochs") is not None:
             merged["steps"] = None  # --epochs replaces the preset's step count
         # The preset's micro-batch is a per-device memory choice: the loop lowers it until it fits
@@ -90,5 +92,6 @@ class VAETrainConfig(TrainConfig):
         return cls(**merged, **rest, **paths, preset=preset)
 
 
+KEEP_INIT = "none"  # --logvar-init none
 PATH_FIELDS = ("teacher_weights", "teacher_features", "vae_weights", "disc_weights", "lpips_vgg_weights",
                "lpips_lin_weights")
