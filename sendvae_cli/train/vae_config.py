@@ -19,12 +19,13 @@ COMMON = {
     "mapper_hidden": 2048, "noise": True, "logvar_init": None,
     "recon": "l1", "recon_weight": 1.0, "lpips_weight": 1.0, "kl_weight": 1e-6, "gan_weight": 0.1,
     "disc_start": 0, "disc_lr": 1e-4, "ema": 0.0, "precision": "auto", "keep_checkpoints": 2,
-    "steps": None, "epochs": None,
+    "steps": None, "epochs": None, "eval_probe_epochs": 30,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # The published recipe: ImageNet 256 px, 80 epochs at global batch 1024 (~100k steps).
     "paper": dict(COMMON, teacher="dinov2-b", vae="va-vae", resolution=256, batch_size=1024, micro_batch=32,
-                  epochs=80, log_every=50, checkpoint_every=2000, sample_every=2000, stats_images=10000),
+                  epochs=80, log_every=50, checkpoint_every=2000, sample_every=2000, stats_images=10000,
+                  eval_every=5000),
     # CPU scale (the README's main job): `tiny-f4` (4x16x16 latent, no normalisation) from scratch,
     # MSE, lr 1e-3, a mapper 256 wide (the teacher's 1280 would be 3/4 of the step), no GAN (from
     # scratch it helps only once the decoder draws the shapes). What makes it learn in CPU minutes:
@@ -35,7 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(COMMON, teacher="dinov2-s", vae="tiny-f4", resolution=64, batch_size=8, micro_batch=8,
                  num_images=2000, steps=1200, lr=1e-3, grad_clip=0.25, recon="mse", gan_weight=0.0,
                  align_weight=0.3, align_start=600, mapper_width=256, mapper_hidden=512, logvar_init=-4.0,
-                 log_every=10, checkpoint_every=200, sample_every=200, stats_images=256),
+                 log_every=10, checkpoint_every=200, sample_every=200, stats_images=256, eval_every=300),
 }
 
 
@@ -72,8 +73,18 @@ class VAETrainConfig(TrainConfig):
     disc_weights: str | None = None
     lpips_vgg_weights: str | None = None
     lpips_lin_weights: str | None = None
+    # in-training evaluation (eval/vae_row.py): with eval_data, every eval_every steps and at the end
+    eval_data: str | None = None
+    eval_root: str | None = None
+    eval_images: int | None = None
+    eval_extractor: str | None = None  # None: the run's teacher
+    eval_every: int
+    eval_probe_epochs: int = 30
+    keep_best: str | None = None  # probe or rfd: OUT/best holds the export of the best evaluation
 
-    RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + ("stats_images", "teacher_features")
+    RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + (
+        "stats_images", "teacher_features", "eval_data", "eval_root", "eval_images", "eval_extractor", "eval_every",
+        "eval_probe_epochs", "keep_best")
     ADDED: ClassVar[dict[str, Any]] = {**TrainConfig.ADDED, "logvar_init": None}
 
     @classmethod
@@ -91,4 +102,4 @@ class VAETrainConfig(TrainConfig):
 
 
 PATH_FIELDS = ("teacher_weights", "teacher_features", "vae_weights", "disc_weights", "lpips_vgg_weights",
-               "lpips_lin_weights")
+               "lpips_lin_weights", "eval_root")
