@@ -49,6 +49,7 @@ class EvalOptions:
     probe_patience: int = PROBE_PATIENCE
     batch_size: int = 32
     teacher_weights: str | None = None  # local weights of a teacher extractor
+    inception_weights: str | None = None  # local Inception weights (extractor inception)
     random_weights: bool = False  # the extractor untrained (smoke runs)
     seed: int = 0  # seeds the random extractor weights and the probe
 
@@ -94,6 +95,7 @@ class HeldOut:
         self.lo, self.hi = _share(len(self.source), dist)
         self.extractor = open_extractor(options.extractor, registry=registry, device=dist.device,
                                         teacher_weights=options.teacher_weights,
+                                        inception_weights=options.inception_weights,
                                         random_weights=options.random_weights, seed=options.seed)
         originals = [self.extractor(images)[0] for images, _ in self._batches()]
         self.reference = _gaussian(_gathered(dist, originals, self.extractor.dim, torch.float32))
@@ -211,3 +213,61 @@ def improves(value: float | None, best: float | None, keep_best: str) -> bool:
     if best is None:
         return True
     return value > best if BEST[keep_best][1] is max else value < best
+
+
+#################################################################################
+#                        `sendvae eval-vae`: finished VAEs                      #
+#################################################################################
+
+
+def run_eval_vae(requests, options: EvalOptions, registry, *, resolution: int | None, device: str,
+                 json_out=None, quiet: bool = False) -> dict[str, Any] | None:
+    """The row of each VAE on one held-out set; the summary on rank 0 (None on the others)."""
+    from sendvae_cli import __version__, distributed
+    from sendvae_cli.eval.probe_features import probe_resolution
+    from sendvae_cli.io import write_result_json
+    from sendvae_cli.progress import info, warn
+    from sendvae_cli.vae.open import open_frozen_vae
+
+    dist = distributed.init(device)
+    show = dist.is_main and not quiet
+    resolution = probe_resolution(requests, resolution)
+    open_held_out_images(options, registry, resolution)  # data errors come before any model is built
+    vaes = []
+    for request in requests:
+        model = open_frozen_vae(request.ref, registry, random_weights=options.random_weights).model.to(dist.device)
+        if resolution % model.config.downsample:
+            raise UserError(f"VAE {request.ref}: downsamples by {model.config.downsample}, which does not divide "
+                            f"--resolution {resolution}")
+        if dist.device.type == "cpu":  # as train-vae holds its VAE on CPU, so that the rows match to the bit
+            model.to(memory_format=torch.channels_last)
+        vaes.append((request, model))
+    if options.random_weights:
+        warn("--random-weights: VAE bases given by name and the extractor are untrained; a smoke test")
+    held = HeldOut(options, registry, resolution, dist)
+    rows = []
+    for request, model in vaes:
+        info(f"evaluating {request.label} ({len(held.source)} images of {options.data})", show)
+        rows.append({"label": request.label, "ref": request.ref, "row": evaluate(model, held)})
+    if not dist.is_main:
+        return None
+    summary = {"producer": f"sendvae {__version__} eval-vae", "held_out": held.describe(), "rows": rows}
+    if json_out is not None:
+        write_result_json(json_out, summary, default=float)
+    return summary
+
+
+def render_rows(summary: dict[str, Any]):
+    from rich.table import Table
+
+    held = summary["held_out"]
+    table = Table(title=f"Evaluation row: {held['rows']} held-out images of {held['data']} at {held['resolution']} px "
+                        f"(probe: {held['probe_epochs']} epochs at most; rFD through {held['extractor']})",
+                  title_justify="left")
+    for column in ("VAE", "probe macro-F1", "probe micro-F1", "PSNR", "SSIM", "rFD"):
+        table.add_column(column, justify="left" if column == "VAE" else "right")
+    for entry in summary["rows"]:
+        row = entry["row"]
+        shown = ["-" if row[PREFIX + k] is None else f"{row[PREFIX + k]:.4f}" for k in METRICS]
+        table.add_row(entry["label"], *shown)
+    return table
