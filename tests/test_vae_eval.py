@@ -17,7 +17,7 @@ BASE = ["train-vae", "shapes", "--teacher", "dinov2-s", "--random-weights", "--v
         "--resolution", "32", "--num-images", "32", "--batch-size", "4", "--steps", "8", "--checkpoint-every", "2",
         "--sample-every", "8", "--log-every", "2", "--workers", "0"]
 EVAL = ["--eval-data", "shapes", "--eval-images", "60", "--eval-every", "4", "--eval-extractor", "tv-mobilenet-v2"]
-TIMINGS = ("images_per_s", "eval/seconds")  # wall-clock figures: the only ones that differ between runs
+TIMINGS = ("images_per_s", "eval/seconds", "eval/probe_seconds")  # wall-clock figures: the only ones that differ between runs
 
 
 def rows(run):

@@ -30,7 +30,7 @@ def _panel(draw, box: tuple[int, int], name: str, xs: Sequence[float], ys: Seque
     ox, oy = box
     left, top, w, h = ox + 58, oy + 28, PANEL_W - 74, PANEL_H - 70
     draw.text((ox + 58, oy + 6), name, fill="black", font=font)
-    points = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+    points = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)]
     draw.rectangle([left, top, left + w, top + h], outline="black")
     if not points:
         draw.text((left + 10, top + h / 2), "no values", fill="black", font=small)
@@ -56,8 +56,10 @@ def _panel(draw, box: tuple[int, int], name: str, xs: Sequence[float], ys: Seque
 
 
 def panels(path: Path, title: str, series: Sequence[tuple[str, Sequence[float], Sequence[float | None]]], *,
-           x_label: str, connect: bool = True) -> Path:
-    """Write a PNG of one panel per (name, xs, ys) in `series`; lines through the points when `connect`."""
+           x_label: str | Sequence[str], connect: bool = True) -> Path:
+    """Write a PNG of one panel per (name, xs, ys) in `series`; lines through the points when `connect`.
+    `x_label`: one for every panel, or one per panel."""
+    labels = [x_label] * len(series) if isinstance(x_label, str) else list(x_label)
     path = Path(path)
     rows = max(1, math.ceil(len(series) / COLUMNS))
     image = Image.new("RGB", (PANEL_W * min(COLUMNS, max(1, len(series))), 44 + PANEL_H * rows), "white")
@@ -65,7 +67,7 @@ def panels(path: Path, title: str, series: Sequence[tuple[str, Sequence[float], 
     draw.text((14, 12), title, fill="black", font=_font(18))
     for i, (name, xs, ys) in enumerate(series):
         _panel(draw, (PANEL_W * (i % COLUMNS), 44 + PANEL_H * (i // COLUMNS)), name, xs, ys, connect=connect,
-               colour=COLOURS[i % len(COLOURS)], x_label=x_label)
+               colour=COLOURS[i % len(COLOURS)], x_label=labels[i])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
     image.save(tmp)

@@ -138,7 +138,8 @@ def _gaussian(features: torch.Tensor):
 
 
 def evaluate(vae: torch.nn.Module, held: HeldOut) -> dict[str, Any] | None:
-    """The row (keys `PREFIX + METRICS`, plus `eval/seconds`) on rank 0; None on the others.
+    """The row (keys `PREFIX + METRICS`, the probe's best epoch, and the wall-clock `eval/seconds` and
+    `eval/probe_seconds`) on rank 0; None on the others.
 
     `vae` is an AutoencoderKL (encode -> posterior with `.mean`, decode); it is put in eval mode
     for the evaluation and given back in the mode it had.
@@ -177,6 +178,7 @@ def evaluate(vae: torch.nn.Module, held: HeldOut) -> dict[str, Any] | None:
            "ssim": float(ssim_all.mean()), "rfd": frechet_distance(_gaussian(features_all), held.reference)}
     out = {PREFIX + key: row[key] for key in METRICS}
     out[PREFIX + "probe_best_epoch"] = row["best_epoch"]
+    out[PREFIX + "probe_seconds"] = row["probe_seconds"]  # of `seconds`, the probe's training
     out[PREFIX + "seconds"] = time.perf_counter() - started
     return out
 
@@ -186,13 +188,14 @@ def _probe(latents: torch.Tensor, held: HeldOut) -> dict[str, Any]:
     from sendvae_cli.eval.linear_probe import ProbeSettings, fit_probe
 
     if not torch.isfinite(latents).all() or latents.abs().max() > FLOAT16_MAX:
-        return {"probe_macro_f1": None, "probe_micro_f1": None, "best_epoch": None}
+        return {"probe_macro_f1": None, "probe_micro_f1": None, "best_epoch": None, "probe_seconds": 0.0}
     options = held.options
     settings = ProbeSettings(epochs=options.probe_epochs, patience=options.probe_patience, seed=options.seed,
                              device=str(held.dist.device))
+    started = time.perf_counter()
     result = fit_probe(latents.to(torch.float16).numpy(), held.attributes, held.splits, settings)
     return {"probe_macro_f1": float(result.metrics["macro_f1"]), "probe_micro_f1": float(result.metrics["micro_f1"]),
-            "best_epoch": result.best_epoch}
+            "best_epoch": result.best_epoch, "probe_seconds": time.perf_counter() - started}
 
 
 def is_row(row: dict[str, Any]) -> bool:
