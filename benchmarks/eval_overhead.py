@@ -2,8 +2,8 @@
 
 One run of the README's main job VAE (tiny preset, tv-mobilenet-v2 teacher tokens from `extract`,
 64 px) for `--steps` steps with `--eval-data shapes --eval-every STEPS` and the evaluation's
-defaults (1,000 held-out images, probe at most 30 epochs, rFD through the teacher). From its
-metrics.jsonl:
+defaults (the tiny preset's 250 held-out images, `--eval-images`; probe at most 30 epochs; rFD
+through the teacher). From its metrics.jsonl:
 
     training seconds between evaluations   the steps' wall time (the log windows' images / images_per_s),
                                            scaled to the preset's --eval-every (300 steps)
@@ -13,11 +13,11 @@ metrics.jsonl:
 
 Then, on the exported VAE, the probe at three budgets:
 
-    budget        the row's probe (1,000 images: 800 train / 100 val / 100 test; 30 epochs, patience 5)
+    budget        the row's probe (--eval-images split 80/10/10 train/val/test; 30 epochs, patience 5)
     more epochs   `sendvae eval-vae --eval-probe-epochs 200` (the same images; patience 5)
     full          `sendvae probe shapes` (10,000 images: 8,000 / 1,000 / 1,000; 200 epochs, patience 10)
 
-    python benchmarks/eval_overhead.py --out runs/eval-overhead        # about 5 minutes on 2 CPU cores
+    python benchmarks/eval_overhead.py --out runs/eval-overhead        # 5 to 20 minutes on 2 CPU cores
 
 Prints a table and writes OUT/eval_overhead.json. Not part of CI.
 """
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/eval-overhead"))
     p.add_argument("--steps", type=int, default=EVAL_EVERY)
     p.add_argument("--teacher", default="tv-mobilenet-v2")
+    p.add_argument("--eval-images", type=int, default=250, help="the tiny preset's")
     p.add_argument("--device", default="cpu")
     p.add_argument("--sendvae", default=f"{shlex.quote(sys.executable)} -m sendvae_cli")
     args = p.parse_args(argv)
@@ -81,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     run(sendvae + ["train-vae", "shapes", "--preset", "tiny", "--teacher", args.teacher, "--teacher-features",
                    str(tokens), "--lpips-weight", "0", "--num-images", "2000", "--steps", str(args.steps),
                    "--align-start", str(args.steps // 2), "--precision", "fp32", "--workers", "0",
-                   "--eval-data", "shapes", "--eval-every", str(args.steps), *common, "--out", str(out / "vae")])
+                   "--eval-data", "shapes", "--eval-every", str(args.steps), "--eval-images", str(args.eval_images), *common, "--out", str(out / "vae")])
     rows = [json.loads(line) for line in (out / "vae" / "metrics.jsonl").read_text().splitlines()]
     (row,) = [r for r in rows if "eval/probe_macro_f1" in r]
     train_s = training_seconds(rows, batch=8) * EVAL_EVERY / args.steps
 
     more = out / "more-epochs.json"
     more_s = run(sendvae + ["eval-vae", str(out / "vae" / "export"), "--eval-data", "shapes", "--eval-extractor",
-                            args.teacher, "--eval-probe-epochs", "200", "--json", str(more), *common])
+                            args.teacher, "--eval-images", str(args.eval_images), "--eval-probe-epochs", "200", "--json", str(more), *common])
     full_s = run(sendvae + ["probe", "shapes", "--vae", str(out / "vae" / "export"), *common,
                             "--out", str(out / "probe")])
     more_row = json.loads(more.read_text())["rows"][0]["row"]
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "cpu": cpu_name(),
         "steps": args.steps,
+        "eval_images": args.eval_images,
         "training_seconds_per_eval_every": round(train_s, 1),
         "evaluation_seconds": round(row["eval/seconds"], 1),
         "probe_seconds_of_it": round(row["eval/probe_seconds"], 1),

@@ -129,3 +129,20 @@ def test_metrics_log_drops_a_line_a_kill_cut_short(tmp_path):
     assert [r["step"] for r in log.rows] == [2, 4]
     log.write(6, {"a": 2.0})
     assert [r["step"] for r in read_metrics(path)] == [2, 4, 6]
+
+
+def test_two_processes_share_the_evaluation_and_log_one_row(tmp_path):
+    from test_torchrun import torchrun
+
+    out = tmp_path / "two"
+    torchrun(*BASE, *EVAL, "--steps", "4", "--quiet", "--out", out)
+    (row,) = evaluations(out)
+    assert row["step"] == 4
+    summary = tmp_path / "row.json"
+    run_cli("eval-vae", out / "export", "--eval-data", "shapes", "--eval-images", "60", "--eval-extractor",
+            "tv-mobilenet-v2", "--random-weights", "--json", summary, "--quiet")
+    one = json.loads(summary.read_text())["rows"][0]["row"]
+    # Two shares of 30 images are batched apart from one process's 32 + 28: equal up to float rounding.
+    for key in ("eval/psnr", "eval/ssim", "eval/rfd"):
+        assert row[key] == pytest.approx(one[key], rel=1e-4, abs=1e-9), key
+    assert row["eval/probe_macro_f1"] == pytest.approx(one["eval/probe_macro_f1"], abs=0.05)

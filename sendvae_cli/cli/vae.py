@@ -61,7 +61,7 @@ def train_vae(
     stats_images: Annotated[Optional[int], typer.Option(help="Images over which the exported latent statistics are computed (paper: 10000).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
     eval_data: Annotated[Optional[str], typer.Option(help="Evaluate on held-out images of this attribute dataset (celeba, deepfashion, awa, shapes, or a CSV): probe macro-F1, PSNR, SSIM and rFD, logged to metrics.jsonl (docs/train-vae.md).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     eval_root: Annotated[Optional[Path], typer.Option(help="Where --eval-data lives (a dataset on disk).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
-    eval_images: Annotated[Optional[int], typer.Option(help="Held-out images, split train/val/test as the dataset splits them (default 1000).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    eval_images: Annotated[Optional[int], typer.Option(help="Held-out images, split train/val/test as the dataset splits them (paper: 1000; tiny: 250).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Steps between evaluations, and one at the end (paper: 5000; tiny: 300).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     eval_extractor: Annotated[Optional[str], typer.Option(help="Feature space of rFD: inception or a teacher name, e.g. tv-mobilenet-v2 (default: the run's teacher).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     eval_probe_epochs: Annotated[Optional[int], typer.Option(help="The probe's epoch budget (default 30; sendvae probe: 200).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
@@ -112,14 +112,14 @@ def train_vae(
         "lpips_weight": lpips_weight, "kl_weight": kl_weight, "gan_weight": gan_weight, "disc_start": disc_start,
         "log_every": log_every, "checkpoint_every": checkpoint_every, "sample_every": sample_every,
         "precision": precision, "stats_images": stats_images, "keep_checkpoints": keep, "eval_every": eval_every,
-        "eval_probe_epochs": eval_probe_epochs,
+        "eval_probe_epochs": eval_probe_epochs, "eval_images": eval_images,
     }
     cfg = VAETrainConfig.from_flags(
         preset, explicit, data=data, random_weights=random_weights, device=device, quiet=quiet,
         workers=o.workers_or_default(workers), teacher_weights=teacher_weights, teacher_features=teacher_features,
         vae_weights=vae_weights, disc_weights=disc_weights, lpips_vgg_weights=lpips_vgg_weights,
         lpips_lin_weights=lpips_lin_weights, tracker=trackers, eval_data=eval_data, eval_root=eval_root,
-        eval_images=eval_images, eval_extractor=eval_extractor, keep_best=keep_best)
+        eval_extractor=eval_extractor, keep_best=keep_best)
     found = registry()
     found.teacher(cfg.teacher)  # unknown names fail before anything heavy is imported
     if eval_extractor not in (None, "inception"):

@@ -97,10 +97,10 @@ class HeldOut:
                                         teacher_weights=options.teacher_weights,
                                         inception_weights=options.inception_weights,
                                         random_weights=options.random_weights, seed=options.seed)
-        originals = [self.extractor(images)[0] for images, _ in self._batches()]
+        originals = [self.extractor(images)[0] for images, _ in self.batches()]
         self.reference = _gaussian(_gathered(dist, originals, self.extractor.dim, torch.float32))
 
-    def _batches(self):
+    def batches(self):
         """This rank's rows as uint8 image batches, in row order."""
         size = self.options.batch_size
         for lo in range(self.lo, self.hi, size):
@@ -153,7 +153,7 @@ def evaluate(vae: torch.nn.Module, held: HeldOut) -> dict[str, Any] | None:
     latents, psnrs, ssims, features = [], [], [], []
     try:
         with torch.no_grad():
-            for images, _ in held._batches():
+            for images, _ in held.batches():
                 x = to_model_range(images)
                 z = vae.encode(x).mean.float()
                 r, o = to_levels(vae.decode(z).float()), to_levels(x)

@@ -25,7 +25,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The published recipe: ImageNet 256 px, 80 epochs at global batch 1024 (~100k steps).
     "paper": dict(COMMON, teacher="dinov2-b", vae="va-vae", resolution=256, batch_size=1024, micro_batch=32,
                   epochs=80, log_every=50, checkpoint_every=2000, sample_every=2000, stats_images=10000,
-                  eval_every=5000),
+                  eval_every=5000, eval_images=1000),
     # CPU scale (the README's main job): `tiny-f4` (4x16x16 latent, no normalisation) from scratch,
     # MSE, lr 1e-3, a mapper 256 wide (the teacher's 1280 would be 3/4 of the step), no GAN (from
     # scratch it helps only once the decoder draws the shapes). What makes it learn in CPU minutes:
@@ -33,10 +33,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (without it the norm-free VAE meets loss spikes it does not recover from), the posterior's
     # std started at 0.14 (--logvar-init), and the alignment (weight 0.3) only from half-way, once
     # the VAE reconstructs, as the paper's pretrained VAE does. Measurements: docs/reproduce.md.
+    # Its evaluation (--eval-data) takes 250 held-out images, not 1000: on a CPU the extractor's
+    # 224 px forward is most of an evaluation's time (benchmarks/eval_overhead.py).
     "tiny": dict(COMMON, teacher="dinov2-s", vae="tiny-f4", resolution=64, batch_size=8, micro_batch=8,
                  num_images=2000, steps=1200, lr=1e-3, grad_clip=0.25, recon="mse", gan_weight=0.0,
                  align_weight=0.3, align_start=600, mapper_width=256, mapper_hidden=512, logvar_init=-4.0,
-                 log_every=10, checkpoint_every=200, sample_every=200, stats_images=256, eval_every=300),
+                 log_every=10, checkpoint_every=200, sample_every=200, stats_images=256, eval_every=300,
+                 eval_images=250),
 }
 
 
@@ -76,7 +79,7 @@ class VAETrainConfig(TrainConfig):
     # in-training evaluation (eval/vae_row.py): with eval_data, every eval_every steps and at the end
     eval_data: str | None = None
     eval_root: str | None = None
-    eval_images: int | None = None
+    eval_images: int
     eval_extractor: str | None = None  # None: the run's teacher
     eval_every: int
     eval_probe_epochs: int = 30
