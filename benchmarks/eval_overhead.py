@@ -2,8 +2,8 @@
 
 One run of the README's main job VAE (tiny preset, tv-mobilenet-v2 teacher tokens from `extract`,
 64 px) for `--steps` steps with `--eval-data shapes --eval-every STEPS` and the evaluation's
-defaults (the tiny preset's 250 held-out images, `--eval-images`; probe at most 30 epochs; rFD
-through the teacher). From its metrics.jsonl:
+defaults (the tiny preset's 250 held-out images, `--eval-images`; `sendvae probe`'s probe
+settings; rFD through the teacher). From its metrics.jsonl:
 
     training seconds between evaluations   the steps' wall time (the log windows' images / images_per_s),
                                            scaled to the preset's --eval-every (300 steps)
@@ -11,11 +11,11 @@ through the teacher). From its metrics.jsonl:
                                            the first evaluation also extracts the originals' features
                                            once, which is not counted here
 
-Then, on the exported VAE, the probe at three budgets:
+Then, on the exported VAE, the probe on more images (the probe's settings stay `sendvae probe`'s):
 
-    budget        the row's probe (--eval-images split 80/10/10 train/val/test; 30 epochs, patience 5)
-    more epochs   `sendvae eval-vae --eval-probe-epochs 200` (the same images; patience 5)
-    full          `sendvae probe shapes` (10,000 images: 8,000 / 1,000 / 1,000; 200 epochs, patience 10)
+    budget        the row's probe (--eval-images, split 80/10/10 train/val/test)
+    1,000 images  `sendvae eval-vae --eval-images 1000` (the paper preset's held-out set)
+    full          `sendvae probe shapes` (10,000 images: 8,000 / 1,000 / 1,000)
 
     python benchmarks/eval_overhead.py --out runs/eval-overhead        # 5 to 20 minutes on 2 CPU cores
 
@@ -82,14 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     run(sendvae + ["train-vae", "shapes", "--preset", "tiny", "--teacher", args.teacher, "--teacher-features",
                    str(tokens), "--lpips-weight", "0", "--num-images", "2000", "--steps", str(args.steps),
                    "--align-start", str(args.steps // 2), "--precision", "fp32", "--workers", "0",
-                   "--eval-data", "shapes", "--eval-every", str(args.steps), "--eval-images", str(args.eval_images), *common, "--out", str(out / "vae")])
+                   "--eval-data", "shapes", "--eval-every", str(args.steps), "--eval-images", str(args.eval_images),
+                   *common, "--out", str(out / "vae")])
     rows = [json.loads(line) for line in (out / "vae" / "metrics.jsonl").read_text().splitlines()]
     (row,) = [r for r in rows if "eval/probe_macro_f1" in r]
     train_s = training_seconds(rows, batch=8) * EVAL_EVERY / args.steps
 
-    more = out / "more-epochs.json"
+    more = out / "1000-images.json"
     more_s = run(sendvae + ["eval-vae", str(out / "vae" / "export"), "--eval-data", "shapes", "--eval-extractor",
-                            args.teacher, "--eval-images", str(args.eval_images), "--eval-probe-epochs", "200", "--json", str(more), *common])
+                            args.teacher, "--eval-images", "1000", "--json", str(more), *common])
     full_s = run(sendvae + ["probe", "shapes", "--vae", str(out / "vae" / "export"), *common,
                             "--out", str(out / "probe")])
     more_row = json.loads(more.read_text())["rows"][0]["row"]
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "probe": {
             "budget": {"macro_f1": row["eval/probe_macro_f1"], "best_epoch": row["eval/probe_best_epoch"],
                        "seconds": round(row["eval/probe_seconds"], 1)},
-            "more_epochs": {"macro_f1": more_row["eval/probe_macro_f1"], "best_epoch": more_row["eval/probe_best_epoch"],
+            "1000_images": {"macro_f1": more_row["eval/probe_macro_f1"], "best_epoch": more_row["eval/probe_best_epoch"],
                             "seconds": round(more_row["eval/probe_seconds"], 1), "command_seconds": round(more_s, 1)},
             "full": {"macro_f1": full["metrics"]["macro_f1"], "best_epoch": full["best_epoch"],
                      "seconds": round(sum(full["seconds"].values()), 1), "command_seconds": round(full_s, 1)},

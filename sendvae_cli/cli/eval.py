@@ -186,7 +186,7 @@ def eval_vae(
     eval_root: Annotated[Optional[Path], typer.Option(help="Where --eval-data lives (a dataset on disk).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
     eval_images: Annotated[Optional[int], typer.Option(help="Held-out images (default 1000), as train-vae --eval-images.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
     eval_extractor: Annotated[str, typer.Option(help="Feature space of rFD: inception or a teacher name; a train-vae run's is its --eval-extractor, else its teacher.", rich_help_panel=o.EXTRACTOR_PANEL)] = "inception",
-    eval_probe_epochs: Annotated[int, typer.Option(help="The probe's epoch budget, as train-vae --eval-probe-epochs.", rich_help_panel=PROBE_PANEL)] = 30,
+    eval_probe_epochs: Annotated[int, typer.Option(help="Most epochs of the probe's training, as train-vae --eval-probe-epochs.", rich_help_panel=PROBE_PANEL)] = 200,
     resolution: Annotated[Optional[int], typer.Option(help="Image side (default: the resolution an exported VAE was trained at, else 256).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
     inception_weights: o.InceptionWeights = None,
     teacher_weights: o.ExtractorWeights = None,

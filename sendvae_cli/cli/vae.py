@@ -64,7 +64,7 @@ def train_vae(
     eval_images: Annotated[Optional[int], typer.Option(help="Held-out images, split train/val/test as the dataset splits them (paper: 1000; tiny: 250).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Steps between evaluations, and one at the end (paper: 5000; tiny: 300).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     eval_extractor: Annotated[Optional[str], typer.Option(help="Feature space of rFD: inception or a teacher name, e.g. tv-mobilenet-v2 (default: the run's teacher).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
-    eval_probe_epochs: Annotated[Optional[int], typer.Option(help="The probe's epoch budget (default 30; sendvae probe: 200).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    eval_probe_epochs: Annotated[Optional[int], typer.Option(help="Most epochs of the probe's training, as sendvae probe --epochs (early stopping usually ends it sooner).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     keep_best: Annotated[Optional[str], typer.Option(help="probe or rfd: keep the export of the best evaluation by that figure in OUT/best.", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     workers: o.Workers = None,
     device: o.Device = "auto",

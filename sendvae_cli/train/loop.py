@@ -518,8 +518,9 @@ def _steps(trainer: Trainer, ctx: StepContext, cfg: TrainConfig, dist: Dist, bat
                 bar.describe(trainer.describe(row))
                 window, window_n, window_t0 = {}, 0, time.perf_counter()
             if trainer.evaluates(step, steps):
+                started = time.perf_counter()
                 _evaluate(trainer, ctx, step, metrics, tracker)
-                window_t0 = time.perf_counter()  # images_per_s counts training only
+                window_t0 += time.perf_counter() - started  # images_per_s counts training only
             if dist.is_main and (step % cfg.sample_every == 0 or step == steps):
                 for tag, image in (trainer.sample(step, ctx) or {}).items():
                     tracker.log_image(tag, image, step, caption=f"step {step}")

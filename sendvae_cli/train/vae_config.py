@@ -19,7 +19,7 @@ COMMON = {
     "mapper_hidden": 2048, "noise": True, "logvar_init": None,
     "recon": "l1", "recon_weight": 1.0, "lpips_weight": 1.0, "kl_weight": 1e-6, "gan_weight": 0.1,
     "disc_start": 0, "disc_lr": 1e-4, "ema": 0.0, "precision": "auto", "keep_checkpoints": 2,
-    "steps": None, "epochs": None, "eval_probe_epochs": 30,
+    "steps": None, "epochs": None, "eval_probe_epochs": 200,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # The published recipe: ImageNet 256 px, 80 epochs at global batch 1024 (~100k steps).
@@ -82,7 +82,7 @@ class VAETrainConfig(TrainConfig):
     eval_images: int
     eval_extractor: str | None = None  # None: the run's teacher
     eval_every: int
-    eval_probe_epochs: int = 30
+    eval_probe_epochs: int = 200  # sendvae probe's; early stopping ends it sooner
     keep_best: str | None = None  # probe or rfd: OUT/best holds the export of the best evaluation
 
     RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + (

@@ -101,7 +101,8 @@ class VAETrainer(loop.Trainer):
         self.export_dir = self.out / "export"
         self.best_dir = self.out / "best"
         self.held_out = None  # the evaluation's images and extractor, opened at the first evaluation
-        self.best: list[float | None] = []  # --keep-best's best value so far, once read from metrics.jsonl
+        self.best: float | None = None  # --keep-best's best value so far
+        self.best_read = False  # whether `best` has been read from the rows a resumed run kept
 
     def rows(self):
         cfg = self.config
@@ -262,14 +263,14 @@ class VAETrainer(loop.Trainer):
         from sendvae_cli.train.metrics import read_metrics
 
         cfg = self.config
-        if not self.best:
+        if not self.best_read:
             logged = read_metrics(self.out / "metrics.jsonl") if (self.out / "metrics.jsonl").exists() else []
-            self.best.append(vae_row.best_so_far(logged, cfg.keep_best))
+            self.best, self.best_read = vae_row.best_so_far(logged, cfg.keep_best), True
         key = vae_row.PREFIX + vae_row.BEST[cfg.keep_best][0]
-        if vae_row.improves(row[key], self.best[0], cfg.keep_best):
+        if vae_row.improves(row[key], self.best, cfg.keep_best):
             export_trained(vae, self.best_dir, self.source, cfg, self.loaded, step, ctx.device,
                            extra={"best": {"metric": key, "value": row[key], "step": step}})
-            self.best[0] = row[key]
+            self.best = row[key]
 
     def finish(self, step: int, ctx: StepContext) -> None:
         from sendvae_cli.progress import info
