@@ -85,10 +85,20 @@ class VAETrainConfig(TrainConfig):
     eval_probe_epochs: int = 200  # sendvae probe's; early stopping ends it sooner
     keep_best: str | None = None  # probe or rfd: OUT/best holds the export of the best evaluation
 
-    RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + (
-        "stats_images", "teacher_features", "eval_data", "eval_root", "eval_images", "eval_extractor", "eval_every",
-        "eval_probe_epochs", "keep_best")
+    # The in-training evaluation's options: they never change the weights, so they may change on a resume.
+    EVAL_FIELDS: ClassVar[tuple[str, ...]] = ("eval_data", "eval_root", "eval_images", "eval_extractor", "eval_every",
+                                               "eval_probe_epochs", "keep_best")
+    RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + ("stats_images", "teacher_features") + EVAL_FIELDS
     ADDED: ClassVar[dict[str, Any]] = {**TrainConfig.ADDED, "logvar_init": None}
+
+    def record(self) -> dict[str, Any]:
+        """Without --eval-data the evaluation's options (preset defaults) are left out: they say
+        nothing about the run, and a rerun from config.json (--config) must not find them given."""
+        record = super().record()
+        if not self.eval_data:
+            for name in self.EVAL_FIELDS:
+                record.pop(name, None)
+        return record
 
     @classmethod
     def from_flags(cls, preset: str, explicit: Mapping[str, Any], **run: Any) -> "VAETrainConfig":
