@@ -63,7 +63,8 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def one_run(args, arm: str, seed: int, ref: Path) -> dict:
+def one_run(args, arm: str, seed: int, ref: Path, arm_args: list[str] | None = None) -> dict:
+    """One VAE and its generator; `arm_args`: the arm's train-vae arguments (default ARMS[arm])."""
     sendvae = shlex.split(args.sendvae)
     out = args.out / f"{arm}-seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ def one_run(args, arm: str, seed: int, ref: Path) -> dict:
         "--num-images", str(args.num_images), "--steps", str(args.vae_steps), "--precision", args.vae_precision,
         "--align-start", str(args.vae_steps // 2),
         "--seed", str(seed),
-        *ARMS[arm], *args.vae_args, *common, "--out", str(out / "vae")], log)
+        *(ARMS[arm] if arm_args is None else arm_args), *args.vae_args, *common, "--out", str(out / "vae")], log)
     seconds["cache-latents"] = run(sendvae + [
         "cache-latents", "shapes", "--vae", str(out / "vae" / "export"), "--resolution", "64", "--num-images", str(args.num_images),
         "--seed", str(seed), *common, "--out", str(out / "latents.h5")], log)
@@ -108,6 +109,7 @@ def one_run(args, arm: str, seed: int, ref: Path) -> dict:
     recon = json.loads((out / "recon" / "recon.json").read_text())["results"][0]
     return {"arm": arm, "seed": seed, "fd_name": fd_name, "fd": fd, "probe_macro_f1": probe["metrics"]["macro_f1"],
             "probe_micro_f1": probe["metrics"].get("micro_f1"), "psnr": recon["metrics"]["psnr"],
+            "rfd": recon["metrics"].get("rfd"),
             "seconds": {k: round(v, 1) for k, v in seconds.items()}, "out": str(out)}
 
 
@@ -120,10 +122,10 @@ def spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {sd:.3f} ({', '.join(f'{v:.3f}' for v in values)})"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Toy test of Send-VAE's claim: aligned vs unaligned VAE, same SiT.")
-    p.add_argument("--out", type=Path, default=Path("runs/toy-claim"))
-    p.add_argument("--arms", nargs="+", default=["aligned", "unaligned"], choices=list(ARMS))
+def parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The options of one VAE-and-generator chain (toy_thesis.py takes the same)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", type=Path, default=Path(out))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--teacher", default="tv-mobilenet-v2")
     p.add_argument("--num-images", type=int, default=2000, help="training rows of shapes")
@@ -144,20 +146,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-judge", dest="judge", action="store_false",
                    help="skip benchmarks/shape_judge.py's scores (samples of their class, recon colour kept)")
     p.add_argument("--sendvae", default=f"{shlex.quote(sys.executable)} -m sendvae_cli")
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv: list[str] | None):
     args = p.parse_args(argv)
     if args.vae_precision is None:
         args.vae_precision = "auto" if args.device.startswith("cuda") else "fp32"
+    return args
+
+
+def judge_scores(args, rows: list[dict]) -> None:
+    """Add the judge's scores to each run's row: samples of their class, reconstructions of their colour."""
+    judge = shape_judge.train_judge(args.out / "judge", shape_judge.STEPS, shape_judge.IMAGES)
+    for r in rows:
+        out = Path(r["out"])
+        r["sample_class_accuracy"] = shape_judge.score_samples(judge, out / "samples" / "samples.npz")["class_accuracy"]
+        r["recon_colour_accuracy"] = shape_judge.score_vae(judge, out / "vae" / "export", 256)["colour_accuracy"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("Toy test of Send-VAE's claim: aligned vs unaligned VAE, same SiT.", "runs/toy-claim")
+    p.add_argument("--arms", nargs="+", default=["aligned", "unaligned"], choices=list(ARMS))
+    args = parse(p, argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
     ref = args.out / "shapes-ref.npz"
     write_reference(ref, args.ref_images, 64)
     rows = [one_run(args, arm, seed, ref) for arm in args.arms for seed in args.seeds]
     if args.judge:  # does a sample show its class, does a reconstruction keep its colour
-        judge = shape_judge.train_judge(args.out / "judge", shape_judge.STEPS, shape_judge.IMAGES)
-        for r in rows:
-            out = Path(r["out"])
-            r["sample_class_accuracy"] = shape_judge.score_samples(judge, out / "samples" / "samples.npz")["class_accuracy"]
-            r["recon_colour_accuracy"] = shape_judge.score_vae(judge, out / "vae" / "export", 256)["colour_accuracy"]
+        judge_scores(args, rows)
 
     fd_name = rows[0]["fd_name"]
     columns = {"fd": fd_name + " (lower is better)", "probe_macro_f1": "probe macro-F1", "psnr": "PSNR (dB)"}

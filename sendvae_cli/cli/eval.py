@@ -176,3 +176,47 @@ def recon(
         if not quiet:
             Console(stderr=True).print(f"wrote {options.out / 'recon.json'} and {options.out / 'images'}/",
                                        highlight=False)
+
+
+@app.command("eval-vae")
+@user_errors
+def eval_vae(
+    vae: Annotated[list[str], typer.Argument(metavar="VAE...", help="[LABEL=]VAE: an exported folder (train-vae's OUT/export or OUT/best), base name, diffusers folder or .pt; several are compared.", show_default=False)],
+    eval_data: Annotated[str, typer.Option(help="The attribute dataset of the held-out images (celeba, deepfashion, awa, shapes, or a CSV), as train-vae --eval-data.", rich_help_panel=o.DATA_PANEL, show_default=False)],
+    eval_root: Annotated[Optional[Path], typer.Option(help="Where --eval-data lives (a dataset on disk).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    eval_images: Annotated[Optional[int], typer.Option(help="Held-out images (default 1000), as train-vae --eval-images.", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    eval_extractor: Annotated[str, typer.Option(help="Feature space of rFD: inception or a teacher name; a train-vae run's is its --eval-extractor, else its teacher.", rich_help_panel=o.EXTRACTOR_PANEL)] = "inception",
+    eval_probe_epochs: Annotated[int, typer.Option(help="Most epochs of the probe's training, as train-vae --eval-probe-epochs.", rich_help_panel=PROBE_PANEL)] = 200,
+    resolution: Annotated[Optional[int], typer.Option(help="Image side (default: the resolution an exported VAE was trained at, else 256).", rich_help_panel=o.DATA_PANEL, show_default=False)] = None,
+    inception_weights: o.InceptionWeights = None,
+    teacher_weights: o.ExtractorWeights = None,
+    random_weights: Annotated[bool, typer.Option(help="Build VAE bases given by name and the extractor untrained: a smoke test (warned about).", rich_help_panel=o.VAE_PANEL)] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows, the held-out set and the protocol to this JSON file.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    device: o.Device = "auto",
+    quiet: o.Quiet = False,
+) -> None:
+    """The evaluation row train-vae --eval-every logs (probe macro-F1, PSNR, SSIM, rFD) for finished VAEs (docs/train-vae.md)."""
+    from sendvae_cli.eval.probe_features import check_labels, parse_request
+
+    from dataclasses import replace
+
+    requests = [replace(parse_request(v, "--vae"), option="VAE") for v in vae]
+    check_labels(requests)
+    o.positive(("--eval-images", eval_images), ("--eval-probe-epochs", eval_probe_epochs), ("--resolution", resolution))
+    o.existing(("--eval-root", eval_root), ("--teacher-weights", teacher_weights))
+    o.exclusive_weights("--teacher-weights", teacher_weights, random_weights)
+    found = registry()
+
+    from rich.console import Console
+
+    from sendvae_cli.eval.vae_row import EvalOptions, render_rows, run_eval_vae
+
+    options = EvalOptions(data=eval_data, root=str(eval_root) if eval_root else None, images=eval_images,
+                          extractor=eval_extractor, probe_epochs=eval_probe_epochs,
+                          teacher_weights=str(teacher_weights) if teacher_weights else None,
+                          inception_weights=str(inception_weights) if inception_weights else None,
+                          random_weights=random_weights)
+    summary = run_eval_vae(requests, options, found, resolution=resolution, device=device, json_out=json_out,
+                           quiet=quiet)
+    if summary is not None:
+        Console().print(render_rows(summary))

@@ -15,6 +15,7 @@ from sendvae_cli.train.vae_config import KEEP_INIT
 LOSS_PANEL = "Losses"
 MAPPER_PANEL = "Mapper and alignment"
 OPT_PANEL = "Optimisation"
+EVAL_PANEL = "Evaluation while training"
 
 
 @app.command("train-vae")
@@ -59,6 +60,13 @@ def train_vae(
     checkpoint_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
     sample_every: Annotated[Optional[int], typer.Option(help="Steps between reconstruction grids.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
     stats_images: Annotated[Optional[int], typer.Option(help="Images over which the exported latent statistics are computed (paper: 10000).", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Evaluate on held-out images of this attribute dataset (celeba, deepfashion, awa, shapes, or a CSV): probe macro-F1, PSNR, SSIM and rFD, logged to metrics.jsonl (docs/train-vae.md).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    eval_root: Annotated[Optional[Path], typer.Option(help="Where --eval-data lives (a dataset on disk).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    eval_images: Annotated[Optional[int], typer.Option(help="Held-out images, split train/val/test as the dataset splits them (paper: 1000; tiny: 250).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Steps between evaluations, and one at the end (paper: 5000; tiny: 300).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    eval_extractor: Annotated[Optional[str], typer.Option(help="Feature space of rFD: inception or a teacher name, e.g. tv-mobilenet-v2 (default: the run's teacher).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    eval_probe_epochs: Annotated[Optional[int], typer.Option(help="Most epochs of the probe's training, as sendvae probe --epochs (early stopping usually ends it sooner).", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
+    keep_best: Annotated[Optional[str], typer.Option(help="probe or rfd: keep the export of the best evaluation by that figure in OUT/best.", rich_help_panel=EVAL_PANEL, show_default=False)] = None,
     workers: o.Workers = None,
     device: o.Device = "auto",
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16.", rich_help_panel=o.RUN_PANEL, show_default=False)] = None,
@@ -76,7 +84,10 @@ def train_vae(
                ("--resolution", resolution), ("--log-every", log_every), ("--num-images", num_images),
                ("--checkpoint-every", checkpoint_every), ("--sample-every", sample_every),
                ("--stats-images", stats_images), ("--lr", lr), ("--epochs", epochs), ("--keep", keep),
-               ("--mapper-width", mapper_width), ("--mapper-hidden", mapper_hidden))
+               ("--mapper-width", mapper_width), ("--mapper-hidden", mapper_hidden), ("--eval-every", eval_every),
+               ("--eval-images", eval_images), ("--eval-probe-epochs", eval_probe_epochs))
+    check_evaluation(eval_data, eval_root=eval_root, eval_images=eval_images, eval_every=eval_every,
+                     eval_extractor=eval_extractor, eval_probe_epochs=eval_probe_epochs, keep_best=keep_best)
     if align_start is not None and align_start < 0:
         raise UserError(f"--align-start {align_start}: expected a step >= 0")
     if mapper_width is not None and mapper_width % 64:
@@ -101,15 +112,22 @@ def train_vae(
         "noise": False if no_noise else None, "logvar_init": parse_logvar_init(logvar_init), "recon": recon,
         "lpips_weight": lpips_weight, "kl_weight": kl_weight, "gan_weight": gan_weight, "disc_start": disc_start,
         "log_every": log_every, "checkpoint_every": checkpoint_every, "sample_every": sample_every,
-        "precision": precision, "stats_images": stats_images, "keep_checkpoints": keep,
+        "precision": precision, "stats_images": stats_images, "keep_checkpoints": keep, "eval_every": eval_every,
+        "eval_probe_epochs": eval_probe_epochs, "eval_images": eval_images,
     }
     cfg = VAETrainConfig.from_flags(
         preset, explicit, data=data, random_weights=random_weights, device=device, quiet=quiet,
         workers=o.workers_or_default(workers), teacher_weights=teacher_weights, teacher_features=teacher_features,
         vae_weights=vae_weights, disc_weights=disc_weights, lpips_vgg_weights=lpips_vgg_weights,
-        lpips_lin_weights=lpips_lin_weights, tracker=trackers)
+        lpips_lin_weights=lpips_lin_weights, tracker=trackers, eval_data=eval_data, eval_root=eval_root,
+        eval_extractor=eval_extractor, keep_best=keep_best)
     found = registry()
     found.teacher(cfg.teacher)  # unknown names fail before anything heavy is imported
+    if eval_extractor not in (None, "inception"):
+        try:
+            found.teacher(eval_extractor)
+        except UserError as error:
+            raise UserError(f"--eval-extractor {eval_extractor}: {error} (or inception)") from None
     if random_weights and is_main():
         from sendvae_cli.progress import warn
 
@@ -118,6 +136,17 @@ def train_vae(
     from sendvae_cli.train.vae_trainer import train_vae as run
 
     run(cfg, found, out)
+
+
+def check_evaluation(eval_data: str | None, *, keep_best: str | None, **given) -> None:
+    """The evaluation options go with --eval-data; --keep-best names a figure."""
+    if eval_data is None:
+        for name, value in dict(given, keep_best=keep_best).items():
+            if value is not None:
+                raise UserError(f"--{name.replace('_', '-')}: goes with --eval-data DATA (the attribute dataset "
+                                f"whose held-out images the evaluation uses)")
+    if keep_best is not None and keep_best not in ("probe", "rfd"):
+        raise UserError(f"--keep-best {keep_best}: expected probe (the highest probe macro-F1) or rfd (the lowest rFD)")
 
 
 def resolution_from_vae(vae: str, quiet: bool) -> int | None:

@@ -13,10 +13,15 @@ One step:
         trainer.micro_step(...) (forward and backward of 1/accumulation of the loss);
     NaN guard over every rank (nothing is updated, the last checkpoint stays good);
     trainer.optimizer_step(...); EMA update; every log_every steps one metrics.jsonl row of the
-    window's mean losses, averaged over ranks; every sample_every steps trainer.sample (rank 0);
-    every checkpoint_every steps an atomic checkpoint (weights + optimizers + step + EMA).
+    window's mean losses, averaged over ranks; where trainer.evaluates(step), trainer.evaluate
+    (every rank) and its row, written once the evaluation is complete; every sample_every steps
+    trainer.sample (rank 0); every checkpoint_every steps an atomic checkpoint (weights +
+    optimizers + step + EMA).
 So a killed run resumes exactly, and N processes draw the same numbers as N accumulated
-micro-batches in one.
+micro-batches in one. An evaluation comes before the checkpoint of its step, so a checkpoint
+never exists without the evaluation row of its step: a kill during an evaluation resumes from an
+earlier checkpoint and redoes it. A resume at a step whose evaluation has no row (the evaluation
+was turned on or changed since) runs it first. Evaluations run under their own random state.
 Around the steps: the trackers of `cfg.tracker` (rank 0; train/trackers.py) receive each
 metrics row, each grid `trainer.sample` returns, and the resolved configuration. SIGTERM or
 SIGINT (sendvae_cli/stopping.py) lets the step in hand finish, saves it, and ends with
@@ -39,6 +44,9 @@ resume). It supplies:
                                 the DataLoader's collate_fn (a module-level function)
     describe(row)               optional: the progress line's text from a logged row
     sample(step, ctx)           optional: a preview on rank 0
+    evaluates(step, total) / evaluate(step, ctx) / evaluated(row)  optional: is an evaluation due
+                                after `step` / run it (every rank; rank 0 returns its metrics row)
+                                / is this metrics.jsonl row one that evaluate returned
     finished(step) / finish(step, ctx)  optional: is the output already there / write it (rank 0)
     checkpointed(step, ctx)     optional: after each checkpoint (rank 0), e.g. refresh an export
 `StepContext` (ctx) gives the step, micro-batch index, accumulation, device, `autocast()` and
@@ -281,6 +289,18 @@ class Trainer(ABC):
         """A preview (rank 0, every sample_every steps and at the end); returns {tag: (H, W, 3) uint8
         image} of the grids it saved, which the trackers receive."""
 
+    def evaluates(self, step: int, total: int) -> bool:
+        """Whether an evaluation is due once `step` steps are done."""
+        return False
+
+    def evaluate(self, step: int, ctx: StepContext) -> Mapping[str, Any] | None:
+        """Evaluate the model at `step` (every rank); rank 0 returns the metrics row to log."""
+        return None
+
+    def evaluated(self, row: Mapping[str, Any]) -> bool:
+        """Whether a metrics.jsonl row is one that `evaluate` returned."""
+        return False
+
     def finished(self, step: int) -> str | None:
         """A message when the run's output already exists (then nothing is done), else None."""
         return None
@@ -440,6 +460,23 @@ def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
     return trainer.result(step)
 
 
+def _evaluate(trainer: Trainer, ctx: StepContext, step: int, metrics: MetricsLog, tracker: Tracker) -> None:
+    """One evaluation; its row is written only once it is complete (a kill leaves no half of it)."""
+    devices = [ctx.device] if ctx.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # training's random numbers stay as they were
+        row = trainer.evaluate(step, ctx)
+    if ctx.dist.is_main and row:
+        metrics.write(step, row)
+        tracker.log_scalars(step, row)
+
+
+def _evaluation_missing(trainer: Trainer, step: int, steps: int, metrics: MetricsLog, dist: Dist) -> bool:
+    """At a resume: an evaluation is due at `step` and metrics.jsonl has no row of it (rank 0 decides)."""
+    due = step > 0 and trainer.evaluates(step, steps)
+    missing = due and not any(r.get("step") == step and trainer.evaluated(r) for r in metrics.rows)
+    return bool(distributed.share(dist, missing))
+
+
 def _steps(trainer: Trainer, ctx: StepContext, cfg: TrainConfig, dist: Dist, batches, *, bar_start: int, steps: int,
            save, metrics: MetricsLog, tracker: Tracker, checkpoints: Checkpoints, ema: EMA | None, parts: Parts,
            show: bool) -> int:
@@ -449,6 +486,8 @@ def _steps(trainer: Trainer, ctx: StepContext, cfg: TrainConfig, dist: Dist, bat
     device, accumulation = dist.device, ctx.accumulation
     window: dict[str, float] = {}
     window_n, window_t0 = 0, time.perf_counter()
+    if _evaluation_missing(trainer, step, steps, metrics, dist):
+        _evaluate(trainer, ctx, step, metrics, tracker)
     with stop_on_signals() as stop, progress_bar(trainer.name, total=steps, completed=step, unit="step",
                                                  show=show) as bar:
         while step < steps:
@@ -488,6 +527,10 @@ def _steps(trainer: Trainer, ctx: StepContext, cfg: TrainConfig, dist: Dist, bat
                     tracker.log_scalars(step, row)
                 bar.describe(trainer.describe(row))
                 window, window_n, window_t0 = {}, 0, time.perf_counter()
+            if trainer.evaluates(step, steps):
+                started = time.perf_counter()
+                _evaluate(trainer, ctx, step, metrics, tracker)
+                window_t0 += time.perf_counter() - started  # images_per_s counts training only
             if dist.is_main and (step % cfg.sample_every == 0 or step == steps):
                 for tag, image in (trainer.sample(step, ctx) or {}).items():
                     tracker.log_image(tag, image, step, caption=f"step {step}")

@@ -19,12 +19,13 @@ COMMON = {
     "mapper_hidden": 2048, "noise": True, "logvar_init": None,
     "recon": "l1", "recon_weight": 1.0, "lpips_weight": 1.0, "kl_weight": 1e-6, "gan_weight": 0.1,
     "disc_start": 0, "disc_lr": 1e-4, "ema": 0.0, "precision": "auto", "keep_checkpoints": 2,
-    "steps": None, "epochs": None,
+    "steps": None, "epochs": None, "eval_probe_epochs": 200,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # The published recipe: ImageNet 256 px, 80 epochs at global batch 1024 (~100k steps).
     "paper": dict(COMMON, teacher="dinov2-b", vae="va-vae", resolution=256, batch_size=1024, micro_batch=32,
-                  epochs=80, log_every=50, checkpoint_every=2000, sample_every=2000, stats_images=10000),
+                  epochs=80, log_every=50, checkpoint_every=2000, sample_every=2000, stats_images=10000,
+                  eval_every=5000, eval_images=1000),
     # CPU scale (the README's main job): `tiny-f4` (4x16x16 latent, no normalisation) from scratch,
     # MSE, lr 1e-3, a mapper 256 wide (the teacher's 1280 would be 3/4 of the step), no GAN (from
     # scratch it helps only once the decoder draws the shapes). What makes it learn in CPU minutes:
@@ -32,10 +33,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (without it the norm-free VAE meets loss spikes it does not recover from), the posterior's
     # std started at 0.14 (--logvar-init), and the alignment (weight 0.3) only from half-way, once
     # the VAE reconstructs, as the paper's pretrained VAE does. Measurements: docs/reproduce.md.
+    # Its evaluation (--eval-data) takes 250 held-out images, not 1000: on a CPU the extractor's
+    # 224 px forward is most of an evaluation's time (benchmarks/eval_overhead.py).
     "tiny": dict(COMMON, teacher="dinov2-s", vae="tiny-f4", resolution=64, batch_size=8, micro_batch=8,
                  num_images=2000, steps=1200, lr=1e-3, grad_clip=0.25, recon="mse", gan_weight=0.0,
                  align_weight=0.3, align_start=600, mapper_width=256, mapper_hidden=512, logvar_init=-4.0,
-                 log_every=10, checkpoint_every=200, sample_every=200, stats_images=256),
+                 log_every=10, checkpoint_every=200, sample_every=200, stats_images=256, eval_every=300,
+                 eval_images=250),
 }
 
 
@@ -72,9 +76,29 @@ class VAETrainConfig(TrainConfig):
     disc_weights: str | None = None
     lpips_vgg_weights: str | None = None
     lpips_lin_weights: str | None = None
+    # in-training evaluation (eval/vae_row.py): with eval_data, every eval_every steps and at the end
+    eval_data: str | None = None
+    eval_root: str | None = None
+    eval_images: int
+    eval_extractor: str | None = None  # None: the run's teacher
+    eval_every: int
+    eval_probe_epochs: int = 200  # sendvae probe's; early stopping ends it sooner
+    keep_best: str | None = None  # probe or rfd: OUT/best holds the export of the best evaluation
 
-    RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + ("stats_images", "teacher_features")
+    # The in-training evaluation's options: they never change the weights, so they may change on a resume.
+    EVAL_FIELDS: ClassVar[tuple[str, ...]] = ("eval_data", "eval_root", "eval_images", "eval_extractor", "eval_every",
+                                               "eval_probe_epochs", "keep_best")
+    RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + ("stats_images", "teacher_features") + EVAL_FIELDS
     ADDED: ClassVar[dict[str, Any]] = {**TrainConfig.ADDED, "logvar_init": None}
+
+    def record(self) -> dict[str, Any]:
+        """Without --eval-data the evaluation's options (preset defaults) are left out: they say
+        nothing about the run, and a rerun from config.json (--config) must not find them given."""
+        record = super().record()
+        if not self.eval_data:
+            for name in self.EVAL_FIELDS:
+                record.pop(name, None)
+        return record
 
     @classmethod
     def from_flags(cls, preset: str, explicit: Mapping[str, Any], **run: Any) -> "VAETrainConfig":
@@ -94,4 +118,4 @@ class VAETrainConfig(TrainConfig):
 
 KEEP_INIT = "none"  # --logvar-init none
 PATH_FIELDS = ("teacher_weights", "teacher_features", "vae_weights", "disc_weights", "lpips_vgg_weights",
-               "lpips_lin_weights")
+               "lpips_lin_weights", "eval_root")

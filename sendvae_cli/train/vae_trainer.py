@@ -12,6 +12,10 @@ a seed derived from (seed, step, global micro-batch index). So rerunning the com
 crash continues exactly where the last checkpoint left off (a killed and resumed run ends with
 the same weights as an uninterrupted one), ranks never share noise, and DDP over N processes
 draws the same numbers as gradient accumulation over N micro-batches in one process.
+
+With --eval-data, every --eval-every steps and at the end the VAE (its EMA when there is one, as
+exported) gets the evaluation row of `eval/vae_row.py` in metrics.jsonl; --keep-best refreshes
+OUT/best (an export) whenever that row is the best so far, and the end draws OUT/eval.png.
 """
 
 from __future__ import annotations
@@ -95,11 +99,19 @@ class VAETrainer(loop.Trainer):
     def __init__(self, cfg: VAETrainConfig, registry, out: Path):
         self.config, self.registry, self.out = cfg, registry, Path(out)
         self.export_dir = self.out / "export"
+        self.best_dir = self.out / "best"
+        self.held_out = None  # the evaluation's images and extractor, opened at the first evaluation
+        self.best: float | None = None  # --keep-best's best value so far
+        self.best_read = False  # whether `best` has been read from the rows a resumed run kept
 
     def rows(self):
         cfg = self.config
         self.source = open_images(cfg.data, registry=self.registry, resolution=cfg.resolution,
                                   num_images=cfg.num_images, seed=cfg.seed)
+        if cfg.eval_data:  # a wrong --eval-data fails now, not at the first evaluation
+            from sendvae_cli.eval.vae_row import open_held_out_images
+
+            open_held_out_images(eval_options(cfg), self.registry, cfg.resolution)
         return Indexed(self.source)
 
     def data_facts(self) -> dict[str, Any]:
@@ -220,12 +232,58 @@ class VAETrainer(loop.Trainer):
             shown.train(was_training)
         return {"recon": grid}
 
+    def evaluates(self, step: int, total: int) -> bool:
+        cfg = self.config
+        return bool(cfg.eval_data) and (step % cfg.eval_every == 0 or step == total)
+
+    def evaluated(self, row) -> bool:
+        from sendvae_cli.eval.vae_row import is_row
+
+        return is_row(row)
+
+    def evaluate(self, step: int, ctx: StepContext) -> dict[str, Any] | None:
+        from sendvae_cli.eval import vae_row
+        from sendvae_cli.progress import info
+
+        cfg = self.config
+        show = ctx.dist.is_main and not cfg.quiet
+        if self.held_out is None:
+            self.held_out = vae_row.HeldOut(eval_options(cfg), self.registry, cfg.resolution, ctx.dist)
+        info(f"evaluating at step {step} ({len(self.held_out.source)} images of {cfg.eval_data})", show)
+        vae = _exported_vae(self.model, ctx)
+        row = vae_row.evaluate(vae, self.held_out)
+        if row is not None and cfg.keep_best:
+            self._keep_best(vae, row, step, ctx)
+        return row
+
+    def _keep_best(self, vae, row: dict[str, Any], step: int, ctx: StepContext) -> None:
+        """Export to OUT/best when `row` is the best so far; before the row is logged, so that a
+        logged row always has its export (a kill in between redoes both, identically)."""
+        from sendvae_cli.eval import vae_row
+        from sendvae_cli.train.metrics import read_metrics
+
+        cfg = self.config
+        if not self.best_read:
+            logged = read_metrics(self.out / "metrics.jsonl") if (self.out / "metrics.jsonl").exists() else []
+            self.best, self.best_read = vae_row.best_so_far(logged, cfg.keep_best), True
+        key = vae_row.PREFIX + vae_row.BEST[cfg.keep_best][0]
+        if vae_row.improves(row[key], self.best, cfg.keep_best):
+            export_trained(vae, self.best_dir, self.source, cfg, self.loaded, step, ctx.device,
+                           extra={"best": {"metric": key, "value": row[key], "step": step}})
+            self.best = row[key]
+
     def finish(self, step: int, ctx: StepContext) -> None:
         from sendvae_cli.progress import info
 
-        final_vae = ctx.ema.shadow if ctx.ema is not None else unwrap(self.model).vae
-        export_trained(final_vae, self.export_dir, self.source, self.config, self.loaded, step, ctx.device)
+        export_trained(_exported_vae(self.model, ctx), self.export_dir, self.source, self.config, self.loaded, step,
+                       ctx.device)
         info(f"exported the trained VAE to {self.export_dir}", ctx.dist.is_main and not self.config.quiet)
+        if self.config.eval_data:
+            from sendvae_cli.eval.curves import draw_curves
+
+            chart = draw_curves(self.out / "metrics.jsonl", self.out / "eval.png", title=f"{self.out.name}: "
+                                f"evaluation on {self.config.eval_data}")
+            info(f"drew the evaluation curves in {chart}", ctx.dist.is_main and not self.config.quiet)
 
     def result(self, step: int) -> dict[str, Any]:
         return {"out": str(self.out), "steps": step, "export": str(self.export_dir)}
@@ -233,6 +291,22 @@ class VAETrainer(loop.Trainer):
 
 def train_vae(cfg: VAETrainConfig, registry, out: Path) -> dict[str, Any]:
     return loop.run(VAETrainer(cfg, registry, out), out)
+
+
+def _exported_vae(model: nn.Module, ctx: StepContext) -> nn.Module:
+    """The VAE an export holds: the EMA's when there is one."""
+    return ctx.ema.shadow if ctx.ema is not None else unwrap(model).vae
+
+
+def eval_options(cfg: VAETrainConfig):
+    """The evaluation's options; the extractor is the run's teacher unless another is named."""
+    from sendvae_cli.eval.vae_row import EvalOptions
+
+    extractor = cfg.eval_extractor or cfg.teacher
+    return EvalOptions(data=cfg.eval_data, root=cfg.eval_root, images=cfg.eval_images, extractor=extractor,
+                       probe_epochs=cfg.eval_probe_epochs,
+                       teacher_weights=cfg.teacher_weights if extractor == cfg.teacher else None,
+                       random_weights=cfg.random_weights)
 
 
 @torch.no_grad()
@@ -253,7 +327,8 @@ def latent_statistics(vae: nn.Module, source, count: int, device, batch: int = 3
     return mean.float().cpu(), std.float().cpu()
 
 
-def export_trained(vae, folder: Path, source, cfg: VAETrainConfig, loaded, step: int, device) -> None:
+def export_trained(vae, folder: Path, source, cfg: VAETrainConfig, loaded, step: int, device,
+                   extra: dict[str, Any] | None = None) -> None:
     from sendvae_cli.vae.export import export_vae
 
     was_training = vae.training
@@ -270,5 +345,6 @@ def export_trained(vae, folder: Path, source, cfg: VAETrainConfig, loaded, step:
         "data": cfg.data,
         "latent_stats_images": min(cfg.stats_images, len(source)),
         "ema": cfg.ema,
+        **(extra or {}),
     }
     export_vae(vae, folder, latent_mean=mean.tolist(), latent_std=std.tolist(), provenance=provenance)
