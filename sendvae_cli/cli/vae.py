@@ -10,7 +10,6 @@ import typer
 from sendvae_cli.cli import options as o
 from sendvae_cli.cli.app import app, is_main, registry, user_errors
 from sendvae_cli.errors import UserError
-from sendvae_cli.train.vae_config import KEEP_INIT
 
 LOSS_PANEL = "Losses"
 MAPPER_PANEL = "Mapper and alignment"
@@ -163,6 +162,8 @@ def resolution_from_vae(vae: str, quiet: bool) -> int | None:
 
 def parse_logvar_init(value: str | None) -> float | str | None:
     """--logvar-init: a number, or 'none' (PyTorch's init, even where the preset sets one)."""
+    from sendvae_cli.train.vae_config import KEEP_INIT  # here: the config module imports torch
+
     if value is None or value.strip().lower() == KEEP_INIT:
         return None if value is None else KEEP_INIT
     try:
