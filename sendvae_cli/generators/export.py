@@ -371,6 +371,20 @@ def _arch_from_state(state: dict[str, torch.Tensor], args: dict[str, Any], *, wh
     }
 
 
+def build_and_load(cls, arch: dict[str, Any], state: dict, device, *, where: str):
+    """A released checkpoint's model: `cls(**arch)` (the sizes read from its tensors), its
+    tensors loaded in float32, on `device` for inference; what does not fit is one line."""
+    try:
+        model = cls(**arch)
+    except ValueError as error:
+        raise UserError(f"{where}: {error}") from None
+    problem = key_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, state)
+    if problem:
+        raise UserError(f"{where}: does not fit the {cls.__name__} its tensors describe: {problem}")
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device).eval()
+
+
 def import_repa_checkpoint(pt_path: Path, *, use_ema: bool = True, device: torch.device | str = "cpu",
                            generator: str | None = None, heads: int | None = None, encoder_depth: int | None = None,
                            latent_stats=None, option: str = "generator") -> LoadedGenerator:
@@ -426,15 +440,7 @@ def import_repa_checkpoint(pt_path: Path, *, use_ema: bool = True, device: torch
             raise UserError(f"{option} {pt_path}: {name} has {values.numel()} values for "
                             f"{arch['in_channels']} latent channels")
 
-    try:
-        model = SiT(**arch)
-    except ValueError as error:
-        raise UserError(f"{option} {pt_path}: {error}") from None
-    problem = key_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, state)
-    if problem:
-        raise UserError(f"{option} {pt_path}: does not fit the SiT its tensors describe: {problem}")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    model.to(device).eval()
+    model = build_and_load(SiT, arch, state, device, where=f"{option} {pt_path}")
 
     name = generator or str(args.get("model") or f"SiT-{arch['width']}/{arch['patch_size']}")
     vae = {"source": args.get("vae_ckpt") or ("stabilityai/sd-vae-ft-mse" if arch["in_channels"] == 4 else None),

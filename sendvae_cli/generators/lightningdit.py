@@ -30,7 +30,8 @@ from torch import nn
 
 from sendvae_cli.generators.attention import BACKENDS, attend, check_backend
 from sendvae_cli.generators.base import FlowGenerator
-from sendvae_cli.generators.sit import LabelEmbedder, PatchEmbed, TimestepEmbedder, projector, sincos_2d
+from sendvae_cli.generators.sit import (LabelEmbedder, PatchEmbed, TimestepEmbedder, check_sizes, projector,
+                                        sincos_2d)
 from sendvae_cli.generators.sizes import PROJECTOR_WIDTH
 
 #################################################################################
@@ -202,13 +203,7 @@ class LightningDiT(FlowGenerator):
                  swiglu: bool = True, rope: bool = True, rmsnorm: bool = True, wo_shift: bool = False,
                  encoder_depth: int = 8, projector_dims: Sequence[int] = (), projector_width: int = PROJECTOR_WIDTH,
                  attention: str = "auto"):
-        if input_size % patch_size:
-            raise ValueError(f"input_size {input_size} is not a multiple of patch_size {patch_size}")
-        projector_dims = tuple(int(d) for d in projector_dims)
-        if projector_dims and not 1 <= encoder_depth <= depth:
-            raise ValueError(f"encoder_depth {encoder_depth} must lie in 1..{depth} (the model's depth)")
-        if num_classes < 1:
-            raise ValueError("num_classes must be at least 1")
+        projector_dims = check_sizes(input_size, patch_size, depth, encoder_depth, projector_dims, num_classes)
         arch: dict[str, Any] = {
             "input_size": int(input_size), "in_channels": int(in_channels), "patch_size": int(patch_size),
             "depth": int(depth), "width": int(width), "heads": int(heads), "mlp_ratio": float(mlp_ratio),

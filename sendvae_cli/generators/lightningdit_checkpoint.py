@@ -78,21 +78,12 @@ def lightningdit_arch(state: dict, *, where: Path, option: str) -> dict[str, Any
 def import_lightningdit_state(state: dict, checkpoint: dict, *, path: Path, use_ema: bool, device, generator,
                               latent_stats, option: str):
     """A LoadedGenerator from a LightningDiT state dict taken out of `checkpoint` (read from `path`)."""
-    from sendvae_cli.generators.export import LoadedGenerator, _split_stats
+    from sendvae_cli.generators.export import LoadedGenerator, _split_stats, build_and_load
     from sendvae_cli.generators.lightningdit import LightningDiT
-    from sendvae_cli.weights import key_mismatch
 
     state = {k.removeprefix("module."): v for k, v in state.items()}
     arch = lightningdit_arch(state, where=path, option=option)
-    try:
-        model = LightningDiT(**arch)
-    except ValueError as error:
-        raise UserError(f"{option} {path}: {error}") from None
-    problem = key_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, state)
-    if problem:
-        raise UserError(f"{option} {path}: does not fit the LightningDiT its tensors describe: {problem}")
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    model.to(device).eval()
+    model = build_and_load(LightningDiT, arch, state, device, where=f"{option} {path}")
 
     mean, std = _split_stats(latent_stats)
     mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).flatten()

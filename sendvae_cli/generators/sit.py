@@ -197,6 +197,20 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
+def check_sizes(input_size: int, patch_size: int, depth: int, encoder_depth: int, projector_dims: Sequence[int],
+                num_classes: int) -> tuple[int, ...]:
+    """The sizes a patch transformer (SiT, LightningDiT) refuses, as ValueErrors the trainer turns
+    into one line; returns the projector widths as a tuple of ints."""
+    if input_size % patch_size:
+        raise ValueError(f"input_size {input_size} is not a multiple of patch_size {patch_size}")
+    projector_dims = tuple(int(d) for d in projector_dims)
+    if projector_dims and not 1 <= encoder_depth <= depth:
+        raise ValueError(f"encoder_depth {encoder_depth} must lie in 1..{depth} (the model's depth)")
+    if num_classes < 1:
+        raise ValueError("num_classes must be at least 1")
+    return projector_dims
+
+
 def projector(width: int, hidden: int, out: int) -> nn.Sequential:
     """REPA's projector: three linear layers with SiLU between, applied to each token."""
     return nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -223,13 +237,7 @@ class SiT(FlowGenerator):
                  mlp_ratio: float = 4.0, num_classes: int = 1000, class_dropout: float = 0.1, qk_norm: bool = False,
                  encoder_depth: int = 8, projector_dims: Sequence[int] = (), projector_width: int = PROJECTOR_WIDTH,
                  attention: str = "auto"):
-        if input_size % patch_size:
-            raise ValueError(f"input_size {input_size} is not a multiple of patch_size {patch_size}")
-        projector_dims = tuple(int(d) for d in projector_dims)
-        if projector_dims and not 1 <= encoder_depth <= depth:
-            raise ValueError(f"encoder_depth {encoder_depth} must lie in 1..{depth} (the model's depth)")
-        if num_classes < 1:
-            raise ValueError("num_classes must be at least 1")
+        projector_dims = check_sizes(input_size, patch_size, depth, encoder_depth, projector_dims, num_classes)
         arch: dict[str, Any] = {
             "input_size": int(input_size), "in_channels": int(in_channels), "patch_size": int(patch_size),
             "depth": int(depth), "width": int(width), "heads": int(heads), "mlp_ratio": float(mlp_ratio),
