@@ -56,7 +56,7 @@ from sendvae_cli.flow.loss import flow_loss
 from sendvae_cli.generators.attention import resolve_backend
 from sendvae_cli.generators.sit import build_sit
 from sendvae_cli.train.ema import EMA
-from sendvae_cli.train.loop import clip_grad_norm, micro_batch_seed
+from sendvae_cli.train.loop import clip_grad_norm
 from sendvae_cli.train.optim import adamw
 from sendvae_cli.train.sit_data import LatentNormalizer, micro_batch_generator
 from sendvae_cli.train.sit_trainer import SiTObjective
@@ -373,7 +373,6 @@ def main() -> None:
     def whole_step():
         b = inputs()
         with record_function("step/prepare"):
-            torch.manual_seed(micro_batch_seed(0, counter["step"], 0))
             generator = micro_batch_generator(0, counter["step"], 0, device)
         with record_function("step/forward+loss"):
             terms = objective(b.mean, b.std, b.labels, b.tokens, generator, precision)

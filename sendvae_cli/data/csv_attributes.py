@@ -29,15 +29,15 @@ import numpy as np
 from sendvae_cli.data.attribute_images import SPLIT_NAMES, AttributeImages
 from sendvae_cli.data.source import NO_LABEL, TEST, TRAIN, VAL
 from sendvae_cli.errors import UserError
+from sendvae_cli.seeds import SPLIT_SALT, split_rng
 
 PATH_COLUMNS = ("path", "image", "file")
 VALUES = {"1": 1, "0": 0, "-1": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
-SPLIT_SALT = 1234  # second word of the seed, so the split differs from other draws made from `seed`
 
 
 def seeded_split(rows: int, seed: int) -> np.ndarray:
     """The 80/10/10 split of a CSV without a split column (see the module docstring)."""
-    order = np.random.default_rng([seed, SPLIT_SALT]).permutation(rows)
+    order = split_rng(seed).permutation(rows)
     codes = np.full(rows, TEST, dtype=np.int8)
     codes[order[: rows * 8 // 10]] = TRAIN
     codes[order[rows * 8 // 10 : rows * 9 // 10]] = VAL

@@ -72,6 +72,7 @@ import torch.nn.functional as F
 
 from sendvae_cli.data.source import SPLITS, TEST, TRAIN, VAL
 from sendvae_cli.eval.attribute_metrics import attribute_metrics
+from sendvae_cli.seeds import probe_epoch_rng
 from sendvae_cli.train.optim import adamw
 
 Progress = Callable[..., None]
@@ -429,7 +430,7 @@ def fit_probe(features: Any, attributes: Any, splits: Any, settings: ProbeSettin
         began = time.perf_counter()
         probe.train()
         total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
-        rng = np.random.default_rng([settings.seed, epoch])
+        rng = probe_epoch_rng(settings.seed, epoch)
         for done, (part, x) in enumerate(source.train_batches(rows["train"], rng), 1):
             y = targets[torch.from_numpy(part).to(device)]
             loss = F.binary_cross_entropy_with_logits(probe(standardise(x)), y)

@@ -9,7 +9,8 @@ What the loop does, in order:
     OUT/checkpoints/latest -> the steps -> final checkpoint -> the trainer's export (rank 0);
     all of it under the run folder's lock (one run per folder, see sendvae_cli/locks.py).
 One step:
-    for each micro-batch: torch.manual_seed(micro_batch_seed(seed, step, micro * world + rank)),
+    for each micro-batch: trainer.seed_micro_batch(...) (by default torch.manual_seed(
+        seeds.micro_batch_seed(seed, step, micro * world + rank))),
         trainer.micro_step(...) (forward and backward of 1/accumulation of the loss);
     NaN guard over every rank (nothing is updated, the last checkpoint stays good);
     trainer.optimizer_step(...); EMA update; every log_every steps one metrics.jsonl row of the
@@ -38,6 +39,7 @@ resume). It supplies:
                                 name), the module EMA follows; called seeded, before resuming
     prepare(ctx)                optional, after resuming: DDP-wrap what needs it (ctx.dist.world > 1)
                                 and build what uses the wrapped modules (a loss holding them)
+    seed_micro_batch(ctx)       optional: seed the micro-batch's random numbers (default: torch's global generator)
     micro_step(batch, ctx)      forward + backward of one micro-batch; returns scalar loss terms
     optimizer_step(ctx)         clip and step the optimizers; returns more metrics (grad_norm, ...)
     batch_sampler(...), collate optional: the micro-batch index lists (default StreamBatchSampler) and
@@ -72,6 +74,7 @@ from sendvae_cli.errors import UserError
 from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.outcome import set_resume
 from sendvae_cli.progress import info, progress_bar
+from sendvae_cli.seeds import micro_batch_seed
 from sendvae_cli.stopping import Interrupted, ignore_stop_signals, stop_agreed, stop_on_signals
 from sendvae_cli.train.batches import StreamBatchSampler
 from sendvae_cli.train.checkpoint import Checkpoints
@@ -131,11 +134,6 @@ class TrainConfig:
 
 class TrainingDiverged(UserError):
     """A loss became NaN or infinite: stop, keep the last good checkpoint."""
-
-
-def micro_batch_seed(seed: int, step: int, micro: int) -> int:
-    """The seed of one micro-batch's random numbers: a function of its place in training only."""
-    return (seed * 2_654_435_761 + step * 40_503 + micro * 7_919 + 1) % (2**63 - 1)
 
 
 def total_steps(cfg: TrainConfig, num_rows: int) -> int:
@@ -238,6 +236,11 @@ class StepContext:
     def last_micro(self) -> bool:
         return self.micro == self.accumulation - 1
 
+    @property
+    def global_micro(self) -> int:
+        """The micro-batch's index over all processes: N processes draw what one accumulating N draws."""
+        return self.micro * self.dist.world + self.dist.rank
+
     def autocast(self):
         return autocast_for(self.device, self.cfg.precision)
 
@@ -273,6 +276,12 @@ class Trainer(ABC):
 
     def prepare(self, ctx: StepContext) -> None:
         """After resuming: DDP-wrap what needs it (when ctx.dist.world > 1), build what uses it."""
+
+    def seed_micro_batch(self, ctx: StepContext) -> None:
+        """Seed the random numbers of micro-batch ctx.micro of ctx.step, before `micro_step`: by
+        default torch's global generator (`seeds.micro_batch_seed`). A trainer that draws from its
+        own generator seeds that instead, so each micro-batch is seeded once."""
+        torch.manual_seed(micro_batch_seed(ctx.cfg.seed, ctx.step, ctx.global_micro))
 
     @abstractmethod
     def micro_step(self, batch, ctx: StepContext) -> Mapping[str, torch.Tensor]:
@@ -496,7 +505,7 @@ def _steps(trainer: Trainer, ctx: StepContext, cfg: TrainConfig, dist: Dist, bat
             for micro in range(accumulation):
                 ctx.micro = micro
                 batch = next(batches)
-                torch.manual_seed(micro_batch_seed(cfg.seed, step, micro * dist.world + dist.rank))
+                trainer.seed_micro_batch(ctx)
                 for key, value in trainer.micro_step(batch, ctx).items():
                     sums[key] = sums.get(key, 0.0) + float(value) / accumulation
 

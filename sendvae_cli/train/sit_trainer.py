@@ -14,7 +14,7 @@ One optimizer step (global batch G, kept on any number of processes by accumulat
     clip the gradient norm, AdamW step, EMA update.
 
 Everything random in a micro-batch (eps, t, noise, label drop) comes from one generator seeded by
-(seed, step, global micro-batch index) (`sit_data.micro_batch_generator`), the flip view from the
+(seed, step, global micro-batch index) (`seeds.sit_micro_batch_seed`), the flip view from the
 row's stream position, and the checkpoint holds the weights, EMA, optimizer and step: a killed run
 rerun with the same command ends bit-identical to an uninterrupted one (on CPU), and N processes
 draw exactly what one process accumulating N micro-batches draws.
@@ -36,6 +36,7 @@ from sendvae_cli.errors import UserError
 from sendvae_cli.flow.loss import ShapeMismatch
 from sendvae_cli.generators.base import FlowGenerator
 from sendvae_cli.progress import info, warn
+from sendvae_cli.seeds import preview_seed
 from sendvae_cli.specs import resolve_factory
 from sendvae_cli.teachers.base import TOKEN_STRIDE
 from sendvae_cli.train import loop
@@ -281,7 +282,7 @@ class Preview:
 
     def __init__(self, cfg, data, vae, normalizer, device):
         count = cfg.preview_count
-        g = torch.Generator().manual_seed(cfg.seed + 12_345)
+        g = torch.Generator().manual_seed(preview_seed(cfg.seed))
         self.noise = torch.randn((count, *data.latent_shape), generator=g).to(device)
         self.conditional = data.conditional
         self.labels = (torch.arange(count) % data.num_classes).to(device) if data.conditional else None
@@ -446,12 +447,15 @@ class SiTTrainer(Trainer):
                         if self.vae is not None and ctx.dist.is_main else None)
 
     # -- one step ----------------------------------------------------------------------------
-    def micro_step(self, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def seed_micro_batch(self, ctx: StepContext) -> None:
+        """Everything random in a micro-batch comes from this one generator (a generator never
+        draws from torch's global one), so the loop's default seeding is not needed."""
         from sendvae_cli.train.sit_data import micro_batch_generator
 
-        device = ctx.device
-        generator = micro_batch_generator(self.config.seed, ctx.step, ctx.micro * ctx.dist.world + ctx.dist.rank,
-                                          device)
+        self.generator = micro_batch_generator(self.config.seed, ctx.step, ctx.global_micro, ctx.device)
+
+    def micro_step(self, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        device, generator = ctx.device, self.generator
         mean = batch["mean"].to(device, non_blocking=True)
         std = batch["std"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
