@@ -32,7 +32,7 @@ def tiny_sit(folder, vae_folder, num_classes=10):
     from sendvae_cli.generators.export import save_generator_export
     from sendvae_cli.generators.sit import SiT
     from sendvae_cli.vae.export import load_exported
-    from sendvae_cli.weights import weights_sha256
+    from sendvae_cli.provenance import weights_sha256
 
     torch.manual_seed(0)
     model = SiT(input_size=2, in_channels=8, patch_size=1, depth=2, width=32, heads=2, num_classes=num_classes)

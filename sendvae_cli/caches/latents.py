@@ -30,7 +30,7 @@ from sendvae_cli.caches.latent_dataset import (ARRAYS, FLIP_ARRAYS, FORMAT, Late
 from sendvae_cli.data.source import ImageSource
 from sendvae_cli.errors import UserError
 from sendvae_cli.locks import hold_output_lock
-from sendvae_cli.weights import weights_sha256
+from sendvae_cli.provenance import weights_sha256
 
 PRODUCER = "sendvae cache-latents"
 COMPRESSIONS = ("gzip", "lzf")

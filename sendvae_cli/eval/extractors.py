@@ -66,7 +66,7 @@ class TeacherFeatures:
 
     def __init__(self, teacher, spec, device: torch.device | str = "cpu", *, weights: Path | None = None,
                  random_weights: bool = False, size: int = TEACHER_INPUT_SIZE):
-        from sendvae_cli.weights import weights_sha256
+        from sendvae_cli.provenance import weights_sha256
 
         self.teacher = teacher.eval().requires_grad_(False)
         self.spec = spec

@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 
 from sendvae_cli.data.folder import list_images
-from sendvae_cli.weights import file_sha256
+from sendvae_cli.provenance import file_sha256
 from sendvae_cli.errors import UserError
 from sendvae_cli.eval.frechet import Gaussian
 from sendvae_cli.eval.inception import POOL_DIM, SPATIAL_DIM

@@ -42,7 +42,7 @@ from sendvae_cli.caches.h5rows import ArraySpec, RowCache, fingerprint
 from sendvae_cli.data.source import SPLITS, ImageSource
 from sendvae_cli.distributed import Dist
 from sendvae_cli.errors import UserError
-from sendvae_cli.weights import weights_sha256
+from sendvae_cli.provenance import weights_sha256
 
 FORMAT = "sendvae-probe-features"
 PRODUCER = "sendvae probe"

@@ -107,7 +107,7 @@ class Reconstructor:
 
 
 def open_reconstructor(request: FeatureRequest, registry, *, seed: int = 0, random_weights: bool = False) -> Reconstructor:
-    from sendvae_cli.weights import weights_sha256
+    from sendvae_cli.provenance import weights_sha256
     from sendvae_cli.vae.autoencoder import config_name
     from sendvae_cli.vae.open import open_frozen_vae
 
@@ -348,7 +348,7 @@ def run_recon(options: ReconOptions, registry, *, reconstructors: list[Reconstru
         warn(f"extractor {extractor.name}: not its release weights (sha256 {extractor.sha256[:12]}...); "
              f"rFID/rFD figures are not comparable with published ones")
 
-    from sendvae_cli.weights import weights_sha256
+    from sendvae_cli.provenance import weights_sha256
 
     lpips_sha = weights_sha256(lpips) if lpips is not None else None
     cache_dir = Path(options.cache_dir or out / "cache")

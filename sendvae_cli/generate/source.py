@@ -23,7 +23,7 @@ import torch
 
 from sendvae_cli.errors import UserError
 from sendvae_cli.generate.pipeline import SamplingModel
-from sendvae_cli.weights import file_sha256
+from sendvae_cli.provenance import file_sha256
 
 _RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
 HUB_PREFIX = "hf:"
@@ -68,7 +68,7 @@ def hub_generator(ref: str) -> Path:
 
 
 def _vae_digest(model: torch.nn.Module) -> str:
-    from sendvae_cli.weights import weights_sha256
+    from sendvae_cli.provenance import weights_sha256
 
     return weights_sha256(model)
 

@@ -182,7 +182,7 @@ class TeacherTargets:
 def open_run_vae(cfg: SiTTrainConfig, data, registry, show: bool):
     """The VAE that decodes previews: --vae when given (refused unless it wrote the cache), else the
     one the cache records. None (previews off, with a warning) when the recorded one cannot be opened."""
-    from sendvae_cli.weights import weights_sha256
+    from sendvae_cli.provenance import weights_sha256
     from sendvae_cli.vae.open import open_vae
 
     attrs = data.attrs

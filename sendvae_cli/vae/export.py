@@ -31,7 +31,7 @@ from sendvae_cli.errors import UserError
 from sendvae_cli.io import (atomic_file, fsync_folder, remove_stale_temporaries, save_safetensors, temporary_sibling,
                             write_errors)
 from sendvae_cli.locks import hold_output_lock
-from sendvae_cli.weights import file_sha256
+from sendvae_cli.provenance import file_sha256
 from sendvae_cli.vae.autoencoder import AutoencoderKL, VAEConfig, config_name
 from sendvae_cli.vae.formats import LoadedVAE, build_model, check_fits, diffusers_config, ldm_to_diffusers
 
