@@ -22,7 +22,6 @@ from __future__ import annotations
 import queue
 import shutil
 import threading
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -71,12 +70,6 @@ class BackgroundWriter:
         self.thread.join()
         if self.error is not None:
             raise self.error
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def side_file(cache: RowCache) -> Path:

@@ -28,6 +28,7 @@ from sendvae_cli.caches.h5rows import ArraySpec, RowCache, parts_progress
 from sendvae_cli.caches.latent_dataset import (ARRAYS, FLIP_ARRAYS, FORMAT, LatentMoments, detect_layout, open_h5,
                                              read_attrs, repae_keys)
 from sendvae_cli.data.source import ImageSource
+from sendvae_cli.distributed import autocast_for
 from sendvae_cli.errors import UserError
 from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.provenance import weights_sha256
@@ -191,7 +192,7 @@ def _cache_latents(source: ImageSource, out: Path, options: CacheLatentsOptions,
         count = len(labels)
         if options.flip:
             x = torch.cat([x, x.flip(-1)])
-        with encode_rows.autocast_for(dist.device, "fp32" if options.precision == "auto" else options.precision):
+        with autocast_for(dist.device, "fp32" if options.precision == "auto" else options.precision):
             posterior = model.encode(x)
         mean = posterior.mean.float().to(torch.float16)
         std = posterior.std.float().to(torch.float16)

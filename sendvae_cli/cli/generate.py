@@ -13,8 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from sendvae_cli.cli import options as o
-from sendvae_cli.cli.app import app, is_main, registry, user_errors
+from sendvae_cli.cli.app import app, registry, user_errors
 from sendvae_cli.errors import UserError
+from sendvae_cli.ranks import is_main
 
 
 MODEL_PANEL = "Model and REPA"

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.ranks import is_main
 
 DATA_PANEL = "Data"
 TEACHER_PANEL = "Teacher"
@@ -116,7 +117,7 @@ def _apply_config_file(ctx: typer.Context, param, value: Optional[Path]):
     except UserError as error:
         from sendvae_cli.cli.app import _print_error
 
-        if os.environ.get("RANK", "0") == "0":  # every process of a torchrun job reads the same file
+        if is_main():  # every process of a torchrun job reads the same file
             _print_error(str(error))
         raise typer.Exit(2) from None
     ctx.default_map = {**(ctx.default_map or {}), **chosen}
@@ -127,3 +128,18 @@ ConfigFile = Annotated[Optional[Path], typer.Option(
     "--config", is_eager=True, callback=_apply_config_file, rich_help_panel=RUN_PANEL, show_default=False,
     help="Options from a TOML, YAML or JSON file (keys are option names; a run's config.json works too). "
          "Flags given on the command line win.")]
+
+
+def resolution_from_vae(vae: str, resolution: int | None, quiet: bool = False) -> int | None:
+    """--resolution, else the one an exported VAE (or train-vae run) was trained at (said on
+    screen), else None when it records none."""
+    if resolution is not None:
+        return resolution
+    from sendvae_cli.vae.open import recorded_resolution
+
+    recorded = recorded_resolution(vae)
+    if recorded and is_main() and not quiet:
+        from sendvae_cli.progress import info
+
+        info(f"--resolution {recorded}: the resolution {vae} was trained at (its vae.json); pass --resolution to change it")
+    return recorded

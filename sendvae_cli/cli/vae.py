@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from sendvae_cli.cli import options as o
-from sendvae_cli.cli.app import app, is_main, registry, user_errors
+from sendvae_cli.cli.app import app, registry, user_errors
 from sendvae_cli.errors import UserError
+from sendvae_cli.ranks import is_main
 
 LOSS_PANEL = "Losses"
 MAPPER_PANEL = "Mapper and alignment"
@@ -94,8 +95,8 @@ def train_vae(
     from sendvae_cli.train.trackers import check_names
 
     trackers = check_names(tracker)
-    if resolution is None and vae is not None:
-        resolution = resolution_from_vae(vae, quiet)
+    if vae is not None:
+        resolution = o.resolution_from_vae(vae, resolution, quiet)
     if recon is not None and recon not in ("l1", "mse"):
         raise UserError(f"--recon {recon}: expected l1 or mse")
     o.check_precision(precision)
@@ -146,18 +147,6 @@ def check_evaluation(eval_data: str | None, *, keep_best: str | None, **given) -
                                 f"whose held-out images the evaluation uses)")
     if keep_best is not None and keep_best not in ("probe", "rfd"):
         raise UserError(f"--keep-best {keep_best}: expected probe (the highest probe macro-F1) or rfd (the lowest rFD)")
-
-
-def resolution_from_vae(vae: str, quiet: bool) -> int | None:
-    """The resolution an exported VAE (or train-vae run) was trained at, said on screen; None if it records none."""
-    from sendvae_cli.vae.open import recorded_resolution
-
-    recorded = recorded_resolution(vae)
-    if recorded and is_main() and not quiet:
-        from sendvae_cli.progress import info
-
-        info(f"--resolution {recorded}: the resolution {vae} was trained at (its vae.json); pass --resolution to change it")
-    return recorded
 
 
 def parse_logvar_init(value: str | None) -> float | str | None:

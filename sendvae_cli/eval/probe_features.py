@@ -40,7 +40,7 @@ import torch
 from sendvae_cli.caches import encode_rows
 from sendvae_cli.caches.h5rows import ArraySpec, RowCache, fingerprint
 from sendvae_cli.data.source import SPLITS, ImageSource
-from sendvae_cli.distributed import Dist
+from sendvae_cli.distributed import Dist, autocast_for
 from sendvae_cli.errors import UserError
 from sendvae_cli.provenance import weights_sha256
 
@@ -263,7 +263,7 @@ def encode_features(source: ImageSource, featurizer: Featurizer, out: Path, conf
     precision = featurizer.precision
 
     def step(x: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
-        with encode_rows.autocast_for(dist.device, precision):
+        with autocast_for(dist.device, precision):
             features = featurizer.forward(x).float()
         if not torch.isfinite(features).all() or features.abs().max() > 65504:
             raise UserError(f"{featurizer.request.option} {featurizer.request.ref}: gave non-finite features (or "

@@ -69,7 +69,7 @@ import torch
 from torch import nn
 
 from sendvae_cli import __version__, distributed
-from sendvae_cli.distributed import Dist
+from sendvae_cli.distributed import Dist, autocast_for
 from sendvae_cli.errors import UserError
 from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.outcome import set_resume
@@ -188,13 +188,6 @@ def split_batch(batch_size: int, world: int, micro_batch: int, *, auto: bool,
         note = (f"micro-batch {chosen} per process (x {world} process(es) x {share // chosen} accumulated = global "
                 f"batch {batch_size}; the preset's most is {micro_batch}; --micro-batch sets it)")
     return BatchSplit(batch_size, world, chosen, share // chosen, note)
-
-
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast when asked, or by default on CUDA; nothing on CPU by default."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,18 @@ import torch
 from torch import nn
 
 from sendvae_cli import __version__, distributed
+from sendvae_cli.distributed import autocast_for
 from sendvae_cli.errors import UserError
 from sendvae_cli.flow.loss import ShapeMismatch
 from sendvae_cli.generators.base import FlowGenerator
 from sendvae_cli.progress import info, warn
+from sendvae_cli.ranks import is_main, launch
 from sendvae_cli.seeds import preview_seed
 from sendvae_cli.specs import resolve_factory
 from sendvae_cli.teachers.base import TOKEN_STRIDE
 from sendvae_cli.train import loop
 from sendvae_cli.train.checkpoint import Checkpoints, unwrap
-from sendvae_cli.train.loop import Parts, StepContext, Trainer, autocast_for, clip_grad_norm
+from sendvae_cli.train.loop import Parts, StepContext, Trainer, clip_grad_norm
 from sendvae_cli.train.optim import adamw
 from sendvae_cli.train.sit_config import SiTTrainConfig
 from sendvae_cli.train.sit_data import keep_batch
@@ -385,7 +386,7 @@ class SiTTrainer(Trainer):
         self.check_attention()
         # The VAE that decodes the grids; a --vae that did not write the cache is refused here,
         # before the run folder is touched.
-        show = int(os.environ.get("RANK", "0")) == 0 and not cfg.quiet
+        show = is_main() and not cfg.quiet
         self.vae, self.vae_ref = open_run_vae(cfg, data, self.registry, show)
         return data.dataset
 
@@ -410,7 +411,7 @@ class SiTTrainer(Trainer):
 
         facts = dict(self.data.describe(), teacher=self.teacher_name if self.repa else None)
         if self.model.attention_backends:  # a model without a kernel choice records none
-            device = distributed.pick_device(self.config.device, int(os.environ.get("LOCAL_RANK", "0")))
+            device = distributed.pick_device(self.config.device, launch().local_rank)
             facts["attention_backend"] = resolve_backend(self.config.attention, device)
         return facts
 
