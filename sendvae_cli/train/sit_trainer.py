@@ -183,36 +183,30 @@ class TeacherTargets:
 def open_run_vae(cfg: SiTTrainConfig, data, registry, show: bool):
     """The VAE that decodes previews: --vae when given (refused unless it wrote the cache), else the
     one the cache records. None (previews off, with a warning) when the recorded one cannot be opened."""
-    from sendvae_cli.provenance import weights_sha256
-    from sendvae_cli.vae.open import open_vae
+    from sendvae_cli.vae.open import match_vae, open_recorded_vae, open_vae
 
     attrs = data.attrs
     recorded = attrs.get("vae_weights_sha256")
     if cfg.vae:
         loaded = open_vae(cfg.vae, registry, weights=cfg.vae_weights)
-        digest = weights_sha256(loaded.model)
-        if recorded and digest != recorded:
+        match = match_vae(loaded, recorded)
+        if not match.same:
             raise UserError(f"--vae {cfg.vae}: LATENTS {cfg.data} was written by another VAE ({attrs.get('vae')!r}, "
-                            f"weights sha256 {recorded[:12]}…, this one {digest[:12]}…); pass the VAE that wrote it, "
-                            f"or cache again with `sendvae cache-latents`")
+                            f"weights sha256 {recorded[:12]}…, this one {match.digest[:12]}…); pass the VAE that wrote "
+                            f"it, or cache again with `sendvae cache-latents`")
         return loaded, cfg.vae
-    ref, weights = attrs.get("vae"), str(attrs.get("vae_weights") or "")
+    ref = attrs.get("vae")
     if not ref:
         if show:
             warn("the latent cache records no VAE: sample grids stay off (give --vae to decode them)")
         return None, None
     try:
-        if weights.startswith("random(seed="):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(weights[len("random(seed="):-1]))
-                loaded = open_vae(ref, registry, random_weights=True)
-        else:
-            loaded = open_vae(ref, registry)
+        loaded = open_recorded_vae(ref, attrs.get("vae_weights"), registry)
     except UserError as error:
         if show:
             warn(f"cannot open the cache's VAE {ref!r} ({error}); sample grids stay off (give --vae)")
         return None, None
-    if recorded and weights_sha256(loaded.model) != recorded:
+    if not match_vae(loaded, recorded).same:
         if show:
             warn(f"the VAE at {ref!r} is no longer the one that wrote the cache; sample grids stay off (give --vae)")
         return None, None

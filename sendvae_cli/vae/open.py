@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +208,42 @@ def open_vae(ref: str | Path, registry: Any = None, *, weights: Path | None = No
         raise
     return spec.build(weights=weights, random_weights=random_weights)
 
+
+# --------------------------------------------------------------------------------------------
+#                      The VAE that wrote the latents (a cache, an export)
+# --------------------------------------------------------------------------------------------
+
+RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")  # how a cache or export records an untrained VAE
+
+
+def open_recorded_vae(ref: str, weights: str | None, registry: Any = None) -> LoadedVAE:
+    """The VAE a latent cache or a generator export records: `ref`, rebuilt under its seed when
+    its weights are recorded as random(seed=N) (the global random state is left as it was)."""
+    seed = RANDOM_WEIGHTS.fullmatch(str(weights or ""))
+    if seed:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed.group(1)))
+            return open_vae(ref, registry, random_weights=True)
+    return open_vae(ref, registry)
+
+
+@dataclass(frozen=True)
+class VAEMatch:
+    """Whether a VAE is the one that wrote some latents: its weights digest against the recorded one."""
+
+    digest: str  # this VAE's weights sha256 (`provenance.weights_sha256`)
+    recorded: str | None  # the one the latents record; None: nothing to compare with
+
+    @property
+    def same(self) -> bool:
+        return not self.recorded or self.digest == self.recorded
+
+
+def match_vae(loaded: LoadedVAE, recorded: str | None) -> VAEMatch:
+    """Is `loaded` the VAE whose weights sha256 the latents (or an export) record?"""
+    from sendvae_cli.provenance import weights_sha256
+
+    return VAEMatch(weights_sha256(loaded.model), recorded or None)
 
 
 def open_frozen_vae(ref: str | Path, registry: Any = None, *, seed: int = 0, random_weights: bool = False) -> LoadedVAE:
