@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sendvae_cli.caches.extract import ExtractOptions, extract
 from sendvae_cli.data.open import open_images
-from sendvae_cli.data.source import to_model_range
+from sendvae_cli.images import to_model_range
 from sendvae_cli.registry import get_registry
 
 

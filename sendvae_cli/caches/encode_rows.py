@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from sendvae_cli.caches.h5rows import RowCache, batches
-from sendvae_cli.data.source import ImageSource, to_model_range
+from sendvae_cli.data.source import ImageSource
 from sendvae_cli.distributed import Dist
+from sendvae_cli.images import to_model_range
 from sendvae_cli.io import write_errors, write_json_atomic
 from sendvae_cli.outcome import set_resume
 from sendvae_cli.progress import info, progress_bar

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from sendvae_cli.errors import UserError
+from sendvae_cli.io import atomic_file
 from sendvae_cli.ranks import launch
 
 FORMAT = 1
@@ -110,17 +112,14 @@ def _read(path: Path, root: Path) -> dict | None:
 
 
 def _write(path: Path, content: dict) -> bool:
+    """Store an index (atomically); False when this folder cannot take it (the next one is tried)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as out:
-            json.dump(content, out, separators=(",", ":"))
-        os.replace(out.name, path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(content, separators=(",", ":")))
+            tmp.chmod(0o600)  # the index lists a user's files, and one of its folders is in the shared temp dir
         return True
-    except OSError:
-        try:
-            os.unlink(out.name)  # type: ignore[possibly-undefined]
-        except (OSError, NameError):
-            pass
+    except (OSError, UserError):  # a full or read-only cache folder is not the run's error
         return False
 
 

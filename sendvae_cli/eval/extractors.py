@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.images import to_model_range
 
 INCEPTION = "inception"
 # Stein et al. (NeurIPS 2023), dgm-eval `dgm_eval/models/dinov2.py`: every image is resized to
@@ -93,7 +94,7 @@ class TeacherFeatures:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
-        x = resize_uint8(images.to(self.device, non_blocking=True), self.size).div_(127.5).sub_(1.0)
+        x = to_model_range(resize_uint8(images.to(self.device, non_blocking=True), self.size))
         with tf32_matmuls(self.device):
             features = self.teacher.global_features(x, size=self.size)
         return features.float(), None, None

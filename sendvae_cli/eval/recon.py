@@ -44,8 +44,9 @@ from sendvae_cli.caches.h5rows import ArraySpec, RowCache, fingerprint
 from sendvae_cli.errors import UserError, WeightsNotFound
 from sendvae_cli.eval.extractors import INCEPTION, metric_name
 from sendvae_cli.eval.frechet import Gaussian, Moments, frechet_distance
-from sendvae_cli.eval.image_quality import levels_to_model_range, psnr, ssim, to_levels
+from sendvae_cli.eval.image_quality import psnr, ssim
 from sendvae_cli.eval.probe_features import FeatureRequest, check_labels, slug
+from sendvae_cli.images import save_png, to_levels, to_model_range
 
 PRODUCER = "sendvae recon"
 FORMAT = "sendvae-recon-rows"
@@ -214,7 +215,7 @@ def encode_reconstructions(source, rec: Reconstructor, extractor, lpips, out: Pa
         rows = {"mse": (r - o).pow(2).mean(dim=(1, 2, 3)), "psnr": psnr(r, o), "ssim": ssim(r, o),
                 "features": extractor(_to_uint8(r))[0].float()}
         if lpips is not None:
-            rows["lpips"] = lpips(levels_to_model_range(r), levels_to_model_range(o)).float()
+            rows["lpips"] = lpips(to_model_range(r), to_model_range(o)).float()
         return {k: v.cpu().numpy() for k, v in rows.items()}
 
     computed = encode_rows.fill(cache, source, dist, step, batch_size=batch_size, workers=workers,
@@ -270,22 +271,16 @@ def reduce_rows(path: Path, reference: Gaussian) -> dict[str, Any]:
 
 def preview(source, rec: Reconstructor, device: torch.device, path: Path, count: int = PREVIEW_IMAGES) -> Path:
     """A PNG: the first `count` originals over their reconstructions."""
-    from PIL import Image
-
     count = min(count, len(source))
     originals = torch.stack([source[i][0] for i in range(count)])
     module = rec.module.to(device)
     with torch.inference_mode():
-        x = originals.to(device).float().div(127.5).sub(1.0)
+        x = to_model_range(originals.to(device))
         recon = _to_uint8(to_levels(rec.reconstruct(x).float())).cpu()
     module.cpu()
     rows = [torch.cat(list(originals), dim=2), torch.cat(list(recon), dim=2)]  # (3, H, count * W) each
     grid = torch.cat(rows, dim=1).permute(1, 2, 0).contiguous().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(grid).save(tmp)
-    tmp.replace(path)
-    return path
+    return save_png(grid, path)
 
 
 #################################################################################

@@ -144,8 +144,8 @@ def evaluate(vae: torch.nn.Module, held: HeldOut) -> dict[str, Any] | None:
     `vae` is an AutoencoderKL (encode -> posterior with `.mean`, decode); it is put in eval mode
     for the evaluation and given back in the mode it had.
     """
-    from sendvae_cli.data.source import to_model_range
-    from sendvae_cli.eval.image_quality import psnr, ssim, to_levels
+    from sendvae_cli.eval.image_quality import psnr, ssim
+    from sendvae_cli.images import to_levels, to_model_range
 
     started = time.perf_counter()
     was_training = vae.training

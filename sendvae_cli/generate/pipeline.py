@@ -29,6 +29,7 @@ from sendvae_cli.generate.labels import make_labels
 from sendvae_cli.generate.noise import SampleNoise
 from sendvae_cli.generate.npz import write_npz
 from sendvae_cli.generate.presets import PRECISIONS
+from sendvae_cli.images import to_uint8
 from sendvae_cli.io import write_errors
 from sendvae_cli.outcome import set_resume
 from sendvae_cli.progress import info, progress_bar
@@ -96,11 +97,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW -> uint8 NHWC (rounded to the nearest level)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 #################################################################################

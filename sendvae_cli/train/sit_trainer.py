@@ -173,7 +173,7 @@ class TeacherTargets:
     def __call__(self, batch) -> torch.Tensor:
         if self.teacher is None:
             return batch["tokens"].to(self.device, non_blocking=True).float()
-        from sendvae_cli.data.source import to_model_range
+        from sendvae_cli.images import to_model_range
 
         images = to_model_range(batch["images"].to(self.device, non_blocking=True))
         with autocast_for(self.device, "auto"):

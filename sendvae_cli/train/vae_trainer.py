@@ -28,7 +28,7 @@ from torch import nn
 
 from sendvae_cli import __version__
 from sendvae_cli.data.open import open_images
-from sendvae_cli.data.source import to_model_range
+from sendvae_cli.images import to_model_range
 from sendvae_cli.errors import UserError
 from sendvae_cli.train import loop
 from sendvae_cli.train.checkpoint import unwrap
