@@ -19,7 +19,7 @@ from sendvae_cli.data.shapes import ShapesSource
 from sendvae_cli.errors import UserError
 from sendvae_cli.eval.extractors import TeacherFeatures
 from sendvae_cli.eval.image_quality import psnr, ssim, to_levels
-from sendvae_cli.eval.probe_features import parse_request
+from sendvae_cli.eval.requests import parse_request
 from sendvae_cli.eval.recon import ReconOptions, Reconstructor, psnr_summary, render_table, run_recon
 from metric_references import ref_fd
 

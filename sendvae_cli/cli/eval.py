@@ -80,7 +80,7 @@ def probe(
     quiet: o.Quiet = False,
 ) -> None:
     """Attribute linear probes on VAE latents: rank VAEs before training a generator (docs/probe.md)."""
-    from sendvae_cli.eval.probe_features import parse_request
+    from sendvae_cli.eval.requests import parse_request
 
     requests = [parse_request(v, "--vae") for v in vae or []] + [parse_request(f, "--features") for f in features or []]
     if not requests:
@@ -97,8 +97,8 @@ def probe(
     from rich.console import Console
 
     from sendvae_cli.eval.linear_probe import ProbeSettings
-    from sendvae_cli.eval.probe import (ProbeOptions, data_name, epoch_cap_warnings, render_attribute_f1,
-                                        render_table, run_probe)
+    from sendvae_cli.eval.probe import ProbeOptions, epoch_cap_warnings, render_attribute_f1, render_table, run_probe
+    from sendvae_cli.eval.requests import data_name
 
     name = data_name(data)
     settings = ProbeSettings(epochs=epochs, patience=patience, lr=lr, weight_decay=weight_decay,
@@ -146,7 +146,7 @@ def recon(
     quiet: o.Quiet = False,
 ) -> None:
     """Reconstruction quality of VAEs side by side: PSNR, SSIM, LPIPS and rFID / rFD (docs/recon.md)."""
-    from sendvae_cli.eval.probe_features import parse_request
+    from sendvae_cli.eval.requests import parse_request
 
     requests = [parse_request(v, "--vae") for v in vae or []]
     if not requests:
@@ -161,7 +161,7 @@ def recon(
 
     from rich.console import Console
 
-    from sendvae_cli.eval.probe import data_name
+    from sendvae_cli.eval.requests import data_name
     from sendvae_cli.eval.recon import ReconOptions, render_table, run_recon
 
     options = ReconOptions(data=data, requests=requests, out=out or Path("runs") / f"recon-{data_name(data)}",
@@ -196,7 +196,7 @@ def eval_vae(
     quiet: o.Quiet = False,
 ) -> None:
     """The evaluation row train-vae --eval-every logs (probe macro-F1, PSNR, SSIM, rFD) for finished VAEs (docs/train-vae.md)."""
-    from sendvae_cli.eval.probe_features import check_labels, parse_request
+    from sendvae_cli.eval.requests import check_labels, parse_request
 
     from dataclasses import replace
 
