@@ -103,22 +103,12 @@ def train_sit(
                ("--latent-stats", latent_stats), ("--vae-weights", vae_weights), ("--root", root), ("--init", init))
     if root is not None and images is None:
         raise UserError(f"--root {root}: tells where the dataset of --images lives; give --images NAME too")
-    explicit = {
-        "model": model, "teacher": teacher, "proj_weight": proj_weight, "encoder_depth": encoder_depth,
-        "cfg_prob": cfg_prob, "qk_norm": qk_norm, "attention": attention, "num_classes": num_classes, "flip": flip,
-        "seed": seed, "steps": steps, "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch,
-        "lr": lr, "beta2": beta2, "grad_clip": grad_clip, "ema": ema, "time_schedule": time_schedule,
-        "time_mean": time_mean, "log_every": log_every,
-        "checkpoint_every": checkpoint_every, "sample_every": sample_every, "preview_count": preview_count,
-        "preview_steps": preview_steps, "preview_cfg": preview_cfg, "precision": precision,
-        "keep_checkpoints": keep,
-    }
-    cfg = SiTTrainConfig.from_flags(
-        preset, explicit, data=str(latents), random_weights=random_weights, device=device, quiet=quiet,
-        compile=compile, workers=o.workers_or_default(workers), images=images, root=str(root) if root else None,
-        init=init, teacher_weights=teacher_weights,
-        teacher_features=teacher_features, latent_stats=latent_stats, vae=vae, vae_weights=vae_weights,
-        tracker=trackers)
+    run = dict(data=str(latents), random_weights=random_weights, device=device, quiet=quiet, compile=compile,
+               workers=o.workers_or_default(workers), images=images, root=str(root) if root else None, init=init,
+               teacher_weights=teacher_weights, teacher_features=teacher_features, latent_stats=latent_stats,
+               vae=vae, vae_weights=vae_weights, tracker=trackers)
+    flags = o.preset_flags(SiTTrainConfig, locals(), run, keep_checkpoints=keep)
+    cfg = SiTTrainConfig.from_flags(preset, flags, **run)
     if time_mean is not None and cfg.time_schedule != "lognormal":
         raise UserError(f"--time-mean {time_mean}: centres lognormal times; this run's are {cfg.time_schedule} "
                         f"(add --time-schedule lognormal)")
