@@ -35,7 +35,7 @@ from sendvae_cli.eval.inputs import (
     ReferenceStats,
     cache_dir,
     cache_key,
-    open_images,
+    open_image_input,
     open_reference,
     read_stats_file,
     save_stats,
@@ -314,7 +314,7 @@ def _check_options(options: FidOptions) -> int:
 
 def _open_inputs(options: FidOptions, workers: int):
     """(samples, how many of them are used, reference): every input error before any model is built."""
-    samples = open_images(options.samples, "SAMPLES", max(1, workers))
+    samples = open_image_input(options.samples, "SAMPLES", max(1, workers))
     count = samples.count
     if options.num_samples is not None:
         if options.num_samples > samples.count:
@@ -449,7 +449,7 @@ def _write_json(path: Path, result: dict[str, Any]) -> None:
     write_result_json(path, result)
 
 
-def render_table(result: dict[str, Any]):
+def fid_table(result: dict[str, Any]):
     """A rich table of the figures, with counts and provenance in its caption."""
     from rich.table import Table
 

@@ -218,7 +218,7 @@ def chart(summary: dict[str, Any], path: Path) -> Path:
     return grouped_bars(path, title, [r["label"] for r in results], series, y_label="score")
 
 
-def render_table(summary: dict[str, Any]):
+def probe_table(summary: dict[str, Any]):
     from rich.table import Table
 
     rows = summary["results"][0]["rows"] if summary["results"] else {"train": 0, "val": 0, "test": 0}

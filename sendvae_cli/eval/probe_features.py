@@ -208,7 +208,7 @@ def encode_features(source: ImageSource, featurizer: Featurizer, out: Path, conf
 
 
 @dataclass
-class FeatureCache:
+class ProbeFeatures:
     """A finished feature cache, open for reading (`features` stays on disk)."""
 
     path: Path
@@ -223,7 +223,7 @@ class FeatureCache:
         self.file.close()
 
 
-def open_feature_cache(path: Path) -> FeatureCache:
+def open_feature_cache(path: Path) -> ProbeFeatures:
     path = Path(path)
     try:
         f = h5py.File(path, "r")
@@ -233,5 +233,5 @@ def open_feature_cache(path: Path) -> FeatureCache:
     if attrs.get("format") != FORMAT or not attrs.get("complete", False):
         f.close()
         raise UserError(f"{path}: not a finished probe feature cache; delete it to encode again")
-    return FeatureCache(path, f, f["features"], f["attributes"][:], f["split"][:],
+    return ProbeFeatures(path, f, f["features"], f["attributes"][:], f["split"][:],
                         json.loads(attrs["attribute_names"]), attrs)

@@ -506,7 +506,7 @@ def _show(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def render_table(summary: dict[str, Any]):
+def recon_table(summary: dict[str, Any]):
     from rich.table import Table
 
     fd_name = summary["fd_name"]

@@ -66,7 +66,7 @@ def architecture_overrides(cfg: SiTTrainConfig, spec) -> dict[str, Any]:
     return given
 
 
-def build_model(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) -> FlowGenerator:
+def build_generator(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) -> FlowGenerator:
     """The generator named by --model for this cache's latents, seeded: the data decides its input
     size, channels and classes, REPA adds one projector per teacher, explicit options the rest."""
     spec = registry.generator(cfg.model)
@@ -376,7 +376,7 @@ class SiTTrainer(Trainer):
         self.data = data
         # The generator is built once here, on the CPU, so that a model that does not fit the data
         # (or a mistyped option) is refused before the run folder is touched; build() moves it.
-        self.model = build_model(cfg, self.registry, data, self.teacher_width if self.repa else None)
+        self.model = build_generator(cfg, self.registry, data, self.teacher_width if self.repa else None)
         if self.repa:
             check_projection_grid(self.model, cfg, data, self.teacher_grid, self.teacher_where)
         if cfg.init:

@@ -77,9 +77,9 @@ def _teacher_targets(cfg: VAETrainConfig, registry, source, device):
     """A callable (images, indices) -> teacher tokens, from a cache or the teacher itself."""
     spec = registry.teacher(cfg.teacher)
     if cfg.teacher_features:
-        from sendvae_cli.caches.features import TeacherFeatures
+        from sendvae_cli.caches.features import TeacherTokens
 
-        cache = TeacherFeatures(Path(cfg.teacher_features), source, teacher=spec.name)
+        cache = TeacherTokens(Path(cfg.teacher_features), source, teacher=spec.name)
         return (lambda images, indices: cache.rows(indices).to(device)), cache.width, cache.grid
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
