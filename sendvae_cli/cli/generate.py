@@ -134,6 +134,45 @@ SAMPLER_PANEL = "Sampler"
 LABEL_PANEL = "Labels"
 
 
+def _check_sampler(mode: str, steps: int, heun: bool, shift: float, cfg: float, low: float, high: float) -> None:
+    """One-line errors for a sampler that cannot run as asked (after the presets filled the gaps)."""
+    from sendvae_cli.generate.presets import MODES
+
+    if shift != 1.0 and mode != "ode":
+        raise UserError(f"--timestep-shift {shift}: shifts the ODE's time grid; the SDE sampler keeps REPA's grid")
+    if mode not in MODES:
+        raise UserError(f"--mode {mode}: expected {' or '.join(MODES)}")
+    if heun and mode != "ode":
+        raise UserError("--heun: Heun's corrector is for --mode ode only")
+    if mode == "sde" and steps < 2:
+        raise UserError(f"--steps {steps}: the SDE sampler needs at least 2 steps")
+    if not cfg >= 1:
+        raise UserError(f"--cfg {cfg}: expected 1 or more (1 = no guidance)")
+    if not 0 <= low <= high <= 1:
+        raise UserError(f"--guidance-low {low} / --guidance-high {high}: expected 0 <= low <= high <= 1 (flow time)")
+
+
+def _check_output(labels_scheme: str, class_id: int | None, labels: str | None, precision: str,
+                  grid: str | None) -> tuple[int, int] | None:
+    """One-line errors for the labels, precision and grid asked for; the grid's (classes, samples)."""
+    from sendvae_cli.generate.grid import parse_grid
+    from sendvae_cli.generate.labels import SCHEMES
+    from sendvae_cli.generate.presets import PRECISIONS
+
+    if labels_scheme not in SCHEMES:
+        raise UserError(f"--labels {labels_scheme}: expected {' or '.join(SCHEMES)}")
+    if class_id is not None and labels is not None:
+        raise UserError("--class and --labels exclude each other")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: expected {', '.join(PRECISIONS)}")
+    if grid is None:
+        return None
+    try:
+        return parse_grid(grid)
+    except ValueError:
+        raise UserError(f"--grid {grid}: expected KxM, e.g. 8x6 (K classes x M samples)") from None
+
+
 @app.command()
 @user_errors
 def sample(
@@ -164,10 +203,7 @@ def sample(
     quiet: o.Quiet = False,
 ) -> None:
     """Images from a generator: REPA's ODE/SDE samplers with CFG, class-balanced, resumable, into PNGs + an ADM .npz."""
-    from sendvae_cli.generate.grid import parse_grid
-    from sendvae_cli.generate.labels import SCHEMES
-
-    from sendvae_cli.generate.presets import MODES, PRECISIONS, PRESETS
+    from sendvae_cli.generate.presets import PRESETS
 
     if preset is not None and preset not in PRESETS:
         raise UserError(f"--preset {preset}: expected {' or '.join(PRESETS)}")
@@ -188,30 +224,8 @@ def sample(
     channels, shift = pick(cfg_channels, "cfg_channels", None), pick(timestep_shift, "timestep_shift", 1.0)
     o.positive(("-n", count), ("--steps", steps), ("--batch-size", batch_size), ("--cfg-channels", channels),
                ("--timestep-shift", shift))
-    if shift != 1.0 and mode != "ode":
-        raise UserError(f"--timestep-shift {shift}: shifts the ODE's time grid; the SDE sampler keeps REPA's grid")
-    if mode not in MODES:
-        raise UserError(f"--mode {mode}: expected {' or '.join(MODES)}")
-    if heun and mode != "ode":
-        raise UserError("--heun: Heun's corrector is for --mode ode only")
-    if mode == "sde" and steps < 2:
-        raise UserError(f"--steps {steps}: the SDE sampler needs at least 2 steps")
-    if not cfg >= 1:
-        raise UserError(f"--cfg {cfg}: expected 1 or more (1 = no guidance)")
-    if not 0 <= low <= high <= 1:
-        raise UserError(f"--guidance-low {low} / --guidance-high {high}: expected 0 <= low <= high <= 1 (flow time)")
-    if labels_scheme not in SCHEMES:
-        raise UserError(f"--labels {labels_scheme}: expected {' or '.join(SCHEMES)}")
-    if class_id is not None and labels is not None:
-        raise UserError("--class and --labels exclude each other")
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: expected {', '.join(PRECISIONS)}")
-    shape = None
-    if grid is not None:
-        try:
-            shape = parse_grid(grid)
-        except ValueError:
-            raise UserError(f"--grid {grid}: expected KxM, e.g. 8x6 (K classes x M samples)") from None
+    _check_sampler(mode, steps, heun, shift, cfg, low, high)
+    shape = _check_output(labels_scheme, class_id, labels, precision, grid)
     from sendvae_cli.generate.source import HUB_PREFIX, hub_generator
 
     if str(model).startswith(HUB_PREFIX):
