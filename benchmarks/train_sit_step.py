@@ -239,7 +239,7 @@ def data_rate(shape, tokens_shape, rows: int, batch: int, workers_list, seconds:
     import h5py
 
     from sendvae_cli.caches.latents import write_latent_cache
-    from sendvae_cli.train.sit_data import FeatureCache, SiTBatchSampler, SiTRows, keep_batch
+    from sendvae_cli.train.sit_data import TokenTargets, SiTBatchSampler, SiTRows, keep_batch
     from sendvae_cli.caches.latent_dataset import LatentDataset
 
     out: dict[str, float] = {}
@@ -256,7 +256,7 @@ def data_rate(shape, tokens_shape, rows: int, batch: int, workers_list, seconds:
                              chunks=(1, *tokens_shape))
             f.attrs.update(complete=True, teacher="synthetic", teacher_width=tokens_shape[1],
                            token_grid=[int(tokens_shape[0] ** 0.5)] * 2)
-        features = FeatureCache.open(feats, None, rows, None)
+        features = TokenTargets.open(feats, None, rows, None)
         for with_tokens in (False, True):
             dataset = SiTRows(LatentDataset(latents), features=features if with_tokens else None)
             for workers in workers_list:

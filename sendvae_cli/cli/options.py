@@ -8,9 +8,10 @@ something particular to one command is declared in that command.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Mapping, Optional
 
 import typer
 
@@ -57,6 +58,19 @@ def positive(*named: tuple[str, int | float | None]) -> None:
     for name, value in named:
         if value is not None and not value > 0:
             raise UserError(f"{name} {value}: expected a positive number")
+
+
+def preset_flags(config_class, values: Mapping[str, Any], run: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """The flags that override a training preset: {field: value}, None where the flag was not given.
+
+    Every field of the config dataclass that the command has a value of, by the same name in
+    `values` (the command's `locals()`) or in `given` (a flag under another name, or a parsed
+    value), except the run settings passed beside them (`run`) and `preset` itself. So a new
+    preset field needs only its option in the command's signature.
+    """
+    values = {**values, **given}
+    return {f.name: values[f.name] for f in dataclasses.fields(config_class)
+            if f.name in values and f.name not in run and f.name != "preset"}
 
 
 def workers_or_default(workers: int | None) -> int:

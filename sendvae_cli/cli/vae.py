@@ -103,24 +103,14 @@ def train_vae(
     o.exclusive_weights("--teacher-weights", teacher_weights, random_weights)
     o.existing(("--teacher-weights", teacher_weights), ("--vae-weights", vae_weights),
                ("--disc-weights", disc_weights), ("--teacher-features", teacher_features))
-    explicit = {
-        "teacher": teacher, "vae": vae, "resolution": resolution, "num_images": num_images, "seed": seed,
-        "steps": steps, "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch, "lr": lr,
-        "grad_clip": grad_clip, "ema": ema, "align_weight": align_weight, "align_start": align_start,
-        "mapper_depth": mapper_depth,
-        "mapper_patch": mapper_patch, "mapper_width": mapper_width, "mapper_hidden": mapper_hidden,
-        "noise": False if no_noise else None, "logvar_init": parse_logvar_init(logvar_init), "recon": recon,
-        "lpips_weight": lpips_weight, "kl_weight": kl_weight, "gan_weight": gan_weight, "disc_start": disc_start,
-        "log_every": log_every, "checkpoint_every": checkpoint_every, "sample_every": sample_every,
-        "precision": precision, "stats_images": stats_images, "keep_checkpoints": keep, "eval_every": eval_every,
-        "eval_probe_epochs": eval_probe_epochs, "eval_images": eval_images,
-    }
-    cfg = VAETrainConfig.from_flags(
-        preset, explicit, data=data, random_weights=random_weights, device=device, quiet=quiet,
-        workers=o.workers_or_default(workers), teacher_weights=teacher_weights, teacher_features=teacher_features,
-        vae_weights=vae_weights, disc_weights=disc_weights, lpips_vgg_weights=lpips_vgg_weights,
-        lpips_lin_weights=lpips_lin_weights, tracker=trackers, eval_data=eval_data, eval_root=eval_root,
-        eval_extractor=eval_extractor, keep_best=keep_best)
+    logvar_init = parse_logvar_init(logvar_init)
+    run = dict(data=data, random_weights=random_weights, device=device, quiet=quiet,
+               workers=o.workers_or_default(workers), teacher_weights=teacher_weights,
+               teacher_features=teacher_features, vae_weights=vae_weights, disc_weights=disc_weights,
+               lpips_vgg_weights=lpips_vgg_weights, lpips_lin_weights=lpips_lin_weights, tracker=trackers,
+               eval_data=eval_data, eval_root=eval_root, eval_extractor=eval_extractor, keep_best=keep_best)
+    flags = o.preset_flags(VAETrainConfig, locals(), run, noise=False if no_noise else None, keep_checkpoints=keep)
+    cfg = VAETrainConfig.from_flags(preset, flags, **run)
     found = registry()
     found.teacher(cfg.teacher)  # unknown names fail before anything heavy is imported
     if eval_extractor not in (None, "inception"):

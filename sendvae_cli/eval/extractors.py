@@ -2,7 +2,7 @@
 
 `inception` is the ADM suite's network (`inception.InceptionFeatures`): pool_3 for FID and
 precision/recall, a spatial tensor for sFID, logits for the Inception Score. Any registered
-teacher is an extractor too (`TeacherFeatures`): one global feature per image
+teacher is an extractor too (`TeacherExtractor`): one global feature per image
 (`Teacher.global_features`: the CLS token for DINOv2, whose Fréchet distance is FD_DINOv2 as
 Stein et al. 2023 compute it; the mean of the last feature map for the torchvision CNNs), so the
 Fréchet distance and precision/recall work in its space; sFID and the Inception Score do not
@@ -58,7 +58,7 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.round_().clamp_(0.0, 255.0)
 
 
-class TeacherFeatures:
+class TeacherExtractor:
     """uint8 NCHW images -> (global feature (B, width), None, None), float32, on `device`."""
 
     spatial_dim = None
@@ -160,4 +160,4 @@ def open_extractor(name: str, *, registry=None, device: torch.device | str = "cp
     with torch.random.fork_rng(devices=[]):  # random weights are seeded: reruns find their caches
         torch.manual_seed(seed)
         teacher = spec.build(weights=teacher_weights, random_weights=random_weights)
-    return TeacherFeatures(teacher, spec, device, weights=teacher_weights, random_weights=random_weights)
+    return TeacherExtractor(teacher, spec, device, weights=teacher_weights, random_weights=random_weights)

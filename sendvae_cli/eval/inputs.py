@@ -255,7 +255,7 @@ class NpzImages(ImageInput):
         return total.hexdigest()
 
 
-def open_images(path: Path | str, option: str, workers: int = 8) -> ImageInput:
+def open_image_input(path: Path | str, option: str, workers: int = 8) -> ImageInput:
     p = Path(path).expanduser()
     if p.is_dir():
         return FolderImages(p, option, workers)

@@ -84,7 +84,7 @@ def token_grid_message(latent_hw: Sequence[int], patch: int, grid: Sequence[int]
 
 
 @dataclass
-class FeatureCache:
+class TokenTargets:
     """An `extract` cache, checked and matched to latent rows; read lazily, once per process."""
 
     path: str
@@ -98,7 +98,7 @@ class FeatureCache:
 
     @classmethod
     def open(cls, path: Path, latent_rows: Sequence[str] | None, num_latent_rows: int,
-             teacher: str | None) -> "FeatureCache":
+             teacher: str | None) -> "TokenTargets":
         option = f"--teacher-features {path}"
         path = Path(path).expanduser()
         if not path.is_file():
@@ -178,7 +178,7 @@ class SiTRows(torch.utils.data.Dataset):
     batched arrays; use `collate=keep_batch` in the DataLoader."""
 
     def __init__(self, latents: LatentDataset, *, images=None, image_index: np.ndarray | None = None,
-                 features: FeatureCache | None = None):
+                 features: TokenTargets | None = None):
         self.latents = latents
         self.images = images
         self.image_index = image_index
@@ -269,7 +269,7 @@ class SiTData:
     stats_source: str
     flip: bool
     attrs: dict[str, Any]
-    features: FeatureCache | None = None
+    features: TokenTargets | None = None
     image_source: Any = None
 
     def describe(self) -> dict[str, Any]:
@@ -332,7 +332,7 @@ def open_sit_data(latents_path: Path, *, seed: int, flip: str = "auto", num_clas
             raise UserError("REPA needs teacher tokens: give --teacher-features FEATS.h5 (from `sendvae extract`) or "
                             "--images DATA (the images the cache was made from), or --proj-weight 0")
         if features is not None:
-            feature_cache = FeatureCache.open(Path(features), latent_rows, len(latents), teacher)
+            feature_cache = TokenTargets.open(Path(features), latent_rows, len(latents), teacher)
         else:
             image_source, image_index = open_image_rows(images, latents, latent_rows, registry, root=root)
 

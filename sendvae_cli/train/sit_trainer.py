@@ -68,7 +68,7 @@ def architecture_overrides(cfg: SiTTrainConfig, spec) -> dict[str, Any]:
     return given
 
 
-def build_model(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) -> FlowGenerator:
+def build_generator(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) -> FlowGenerator:
     """The generator named by --model for this cache's latents, seeded: the data decides its input
     size, channels and classes, REPA adds one projector per teacher, explicit options the rest."""
     spec = registry.generator(cfg.model)
@@ -372,7 +372,7 @@ class SiTTrainer(Trainer):
         self.data = data
         # The generator is built once here, on the CPU, so that a model that does not fit the data
         # (or a mistyped option) is refused before the run folder is touched; build() moves it.
-        self.model = build_model(cfg, self.registry, data, self.teacher_width if self.repa else None)
+        self.model = build_generator(cfg, self.registry, data, self.teacher_width if self.repa else None)
         if self.repa:
             check_projection_grid(self.model, cfg, data, self.teacher_grid, self.teacher_where)
         if cfg.init:
@@ -483,22 +483,22 @@ class SiTTrainer(Trainer):
                             self.out / "samples" / f"step-{step:06d}.png", step)
         return {"samples": grid}  # the trackers log it
 
-    def checkpointed(self, step: int, ctx: StepContext) -> None:
-        if step < ctx.total_steps:  # the last one is exported by finish()
-            self.finish(step, ctx)  # the export follows every checkpoint
+    def after_checkpoint(self, step: int, ctx: StepContext) -> None:
+        if step < ctx.total_steps:  # the last one is exported by write_output()
+            self.write_output(step, ctx)  # the export follows every checkpoint
 
-    def finished(self, step: int) -> str | None:
+    def already_complete(self, step: int) -> str | None:
         from sendvae_cli.generators.export import info_file
 
         if info_file(self.out / "export") is not None:
             return f"{self.out} is already complete ({step} steps, exported to {self.out / 'export'}); nothing to do"
         return None
 
-    def finish(self, step: int, ctx: StepContext) -> None:
+    def write_output(self, step: int, ctx: StepContext) -> None:
         shown = ctx.ema.shadow if ctx.ema is not None else self.model
         write_export(self.out / "export", shown, self.config, self.data, self.vae_ref, step)
 
-    def result(self, step: int) -> dict[str, Any]:
+    def summary(self, step: int) -> dict[str, Any]:
         return {"out": str(self.out), "steps": step, "export": str(self.out / "export")}
 
 

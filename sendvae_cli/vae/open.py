@@ -28,7 +28,7 @@ from sendvae_cli.errors import UserError, WeightsNotFound
 from sendvae_cli.weights import hf_hint, is_unreachable
 from sendvae_cli.vae.autoencoder import VAE_CONFIGS, VAEConfig, config_name
 from sendvae_cli.vae.export import is_exported, load_exported
-from sendvae_cli.vae.formats import (DIFFUSERS_WEIGHT_NAMES, WEIGHT_SUFFIXES, LoadedVAE, summarise_keys, build_model,
+from sendvae_cli.vae.formats import (DIFFUSERS_WEIGHT_NAMES, WEIGHT_SUFFIXES, LoadedVAE, summarise_keys, build_vae,
                                      check_fits, config_from_diffusers, diffusers_to_ldm, find_vae_state,
                                      load_weights_file, read_tensor_file)
 
@@ -85,7 +85,7 @@ def load_diffusers_folder(folder: Path, *, config: VAEConfig | None = None, what
     if layout == "diffusers":
         state = diffusers_to_ldm(state)
     check_fits(config, state, path=weights, what=what, option=option)
-    model = build_model(config, state, copy=False)
+    model = build_vae(config, state, copy=False)
     mean = std = None
     if cfg.get("latents_mean") is not None and cfg.get("latents_std") is not None:
         mean = torch.tensor(cfg["latents_mean"], dtype=torch.float32).flatten()
@@ -277,7 +277,7 @@ def build_base(spec, *, weights: Path | None = None, random_weights: bool = Fals
     if weights is not None:
         loaded = open_path(Path(weights), config=config, what=what, option="--vae-weights")
     elif random_weights or not repo:
-        loaded = LoadedVAE(build_model(config), provenance={"format": "random-init", "weights": None,
+        loaded = LoadedVAE(build_vae(config), provenance={"format": "random-init", "weights": None,
                                                             "config": config_name(config), "latent_stats": None})
     else:
         files = list(spec.options.get("hub_files") or ()) or None
