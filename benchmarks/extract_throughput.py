@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sendvae_cli.caches.extract import ExtractOptions, extract
 from sendvae_cli.data.open import open_images
-from sendvae_cli.data.source import to_model_range
+from sendvae_cli.images import to_model_range
 from sendvae_cli.registry import get_registry
 
 
@@ -47,7 +47,8 @@ def main() -> None:
     source = open_images("shapes", registry=registry, resolution=args.resolution, num_images=args.images)
     options = ExtractOptions(batch_size=args.batch_size, workers=args.workers, random_weights=True,
                              device=args.device, quiet=True)
-    from sendvae_cli.caches.extract import autocast_for, build_teacher
+    from sendvae_cli.caches.extract import build_teacher
+    from sendvae_cli.distributed import autocast_for
     from sendvae_cli.distributed import pick_device
 
     device = pick_device(args.device)

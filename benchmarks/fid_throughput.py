@@ -17,7 +17,7 @@ measures, on the same machine:
 Per extractor (`--extractors`, default all three), the same pipeline run (`evaluate()` on the
 `.npz` against saved statistics of that extractor's width) is set against its bare forward: the
 extractor called on uint8 batches already in memory (Inception's resize is inside its network, a
-teacher's 224 px resize inside `TeacherFeatures`). `ratio` = pipeline / bare (goal >= 0.9), and
+teacher's 224 px resize inside `TeacherExtractor`). `ratio` = pipeline / bare (goal >= 0.9), and
 `seconds_for_50000_images` = 50,000 images at the pipeline's rate (goal: well under two minutes on
 an H100/H200).
 

@@ -43,7 +43,7 @@ from sendvae_cli.distributed import init
 from sendvae_cli.generate.pipeline import SamplingModel, SampleSettings, sample_to_folder
 from sendvae_cli.generators.sit import SiT, build_sit
 from sendvae_cli.vae.autoencoder import VAE_CONFIGS
-from sendvae_cli.vae.formats import build_model
+from sendvae_cli.vae.formats import build_vae
 
 RESULTS = Path(__file__).parent / "results"
 PAPER_STEPS = 250  # the paper's SDE steps (Euler-Maruyama)
@@ -103,7 +103,7 @@ def png_encode_seconds(npz: Path, limit: int = 256) -> float:
 def cpu_benchmark(args) -> dict:
     torch.manual_seed(0)
     model = randomise(SiT(input_size=4, in_channels=8, patch_size=1, depth=4, width=128, heads=4, num_classes=10))
-    vae = build_model(VAE_CONFIGS["tiny-f16d8"])
+    vae = build_vae(VAE_CONFIGS["tiny-f16d8"])
     gen = SamplingModel(model=model, num_classes=10, latent_shape=(8, 4, 4), latent_mean=torch.zeros(8),
                     latent_std=torch.ones(8), vae=vae, identity={"model_sha256": "random", "vae_sha256": "random"})
     settings = SampleSettings(count=args.images or 128, mode="ode", steps=20, cfg_scale=1.5, guidance_high=0.7)
@@ -114,7 +114,7 @@ def cpu_benchmark(args) -> dict:
 def gpu_model(name: str = "SiT-XL/1", vae_name: str = "f16d32", resolution: int = 256,
               seed: int = 0) -> tuple[SiT, torch.nn.Module, tuple[int, int, int]]:
     torch.manual_seed(seed)
-    vae = build_model(VAE_CONFIGS[vae_name])
+    vae = build_vae(VAE_CONFIGS[vae_name])
     shape = (vae.latent_channels, resolution // vae.downsample, resolution // vae.downsample)
     model = randomise(build_sit(name, input_size=shape[1], in_channels=shape[0], num_classes=1000))
     return model, vae, shape

@@ -56,7 +56,7 @@ from sendvae_cli.flow.loss import flow_loss
 from sendvae_cli.generators.attention import resolve_backend
 from sendvae_cli.generators.sit import build_sit
 from sendvae_cli.train.ema import EMA
-from sendvae_cli.train.loop import clip_grad_norm, micro_batch_seed
+from sendvae_cli.train.loop import clip_grad_norm
 from sendvae_cli.train.optim import adamw
 from sendvae_cli.train.sit_data import LatentNormalizer, micro_batch_generator
 from sendvae_cli.train.sit_trainer import SiTObjective
@@ -239,7 +239,7 @@ def data_rate(shape, tokens_shape, rows: int, batch: int, workers_list, seconds:
     import h5py
 
     from sendvae_cli.caches.latents import write_latent_cache
-    from sendvae_cli.train.sit_data import FeatureCache, SiTBatchSampler, SiTRows, keep_batch
+    from sendvae_cli.train.sit_data import TokenTargets, SiTBatchSampler, SiTRows, keep_batch
     from sendvae_cli.caches.latent_dataset import LatentDataset
 
     out: dict[str, float] = {}
@@ -256,7 +256,7 @@ def data_rate(shape, tokens_shape, rows: int, batch: int, workers_list, seconds:
                              chunks=(1, *tokens_shape))
             f.attrs.update(complete=True, teacher="synthetic", teacher_width=tokens_shape[1],
                            token_grid=[int(tokens_shape[0] ** 0.5)] * 2)
-        features = FeatureCache.open(feats, None, rows, None)
+        features = TokenTargets.open(feats, None, rows, None)
         for with_tokens in (False, True):
             dataset = SiTRows(LatentDataset(latents), features=features if with_tokens else None)
             for workers in workers_list:
@@ -373,7 +373,6 @@ def main() -> None:
     def whole_step():
         b = inputs()
         with record_function("step/prepare"):
-            torch.manual_seed(micro_batch_seed(0, counter["step"], 0))
             generator = micro_batch_generator(0, counter["step"], 0, device)
         with record_function("step/forward+loss"):
             terms = objective(b.mean, b.std, b.labels, b.tokens, generator, precision)

@@ -33,7 +33,7 @@ REF_IMAGES=${REF_IMAGES:-500}     # held-out shapes rows FD compares with
 PROBE_IMAGES=${PROBE_IMAGES:-2000}
 RECON_IMAGES=${RECON_IMAGES:-128}
 CFG=${CFG:-4}                     # the paper's 2.5 is for converged generators; one trained for minutes
-                                  # shows its classes more clearly at 4 (and FD barely moves: 162.7 vs 164.0)
+                                  # shows its classes more clearly at 4 (docs/reproduce.md, the toy scale)
 SAMPLE_STEPS=${SAMPLE_STEPS:-25}
 SENDVAE=${SENDVAE:-sendvae}       # e.g. "python -m sendvae_cli" in a checkout without the script
 

@@ -15,7 +15,7 @@ wait, and only then do they look at it (looking earlier, they would see it half 
 
 from __future__ import annotations
 
-import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, TypeVar
@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.ranks import launch
 
 T = TypeVar("T")
 
@@ -60,10 +61,16 @@ def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast when asked, or by default on CUDA; nothing on CPU by default."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def init(requested_device: str | None = None) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    place = launch()
+    rank, world, local_rank = place.rank, place.world, place.local_rank
     device = pick_device(requested_device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
 
+from sendvae_cli.ranks import launch
+
 ERROR_WAIT_S = 3.0
 STOP_WAIT_S = 10.0
 LOST_WAIT_S = 8.0  # under the launcher's 30 s between its SIGTERM to the survivors and SIGKILL
@@ -80,11 +82,11 @@ def resume_note() -> str:
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return launch().rank
 
 
 def world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return launch().world
 
 
 def named(message: str, of_rank: int | None = None) -> str:

@@ -25,6 +25,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from sendvae_cli.ranks import is_main
+
 console = Console(stderr=True)
 
 
@@ -130,5 +132,5 @@ def info(message: str, show: bool = True) -> None:
 
 def warn(message: str) -> None:
     """A warning line, from rank 0 only: under torchrun every process meets the same ones."""
-    if os.environ.get("RANK", "0") == "0":
+    if is_main():
         console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)

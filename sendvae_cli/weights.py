@@ -1,8 +1,12 @@
 """The one door for weight files: finding them (a given path, the torch hub cache, an installed
-package), downloading them (with a hash prefix), reading them safely, loading them strictly,
-and saying in one line why pretrained weights are missing.
+package, a download: `resolve_file`), whether they are on this machine (`local_weights`, for
+`sendvae plugins`), reading them safely, loading them strictly, and saying in one line why
+pretrained weights are missing.
 
-Shared by teachers (and teacher plugins), the VAE, LPIPS, the discriminator and Inception.
+Shared by teachers (and teacher plugins), the VAE, LPIPS, the discriminator and Inception. The
+module imports no torch: `sendvae plugins` asks it where files are without loading a model, so
+torch is imported inside the functions that read or download tensors. What a file's or a
+model's SHA-256 is (the provenance runs record) is `sendvae_cli.provenance`.
 
 Files are safetensors or plain tensor pickles read with `torch.load(weights_only=True)`;
 nothing else is ever unpickled. A folder is searched for the usual weight file names.
@@ -13,13 +17,16 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from sendvae_cli.errors import UserError, WeightsNotFound
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 WEIGHT_FILE_NAMES = (
     "model.safetensors",
@@ -38,8 +45,33 @@ NESTED_KEYS = ("state_dict", "model", "teacher", "module")
 
 
 def hub_checkpoints() -> Path:
-    """torch's download cache (TORCH_HOME/hub/checkpoints), where torchvision keeps weights too."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """torch's download cache (TORCH_HOME/hub/checkpoints), where torchvision keeps weights too.
+
+    Asked of torch.hub once torch is loaded (it may have been moved with `torch.hub.set_dir`),
+    else read from the environment as torch reads it, so that asking imports nothing."""
+    hub = sys.modules.get("torch.hub")
+    if hub is not None:
+        return Path(hub.get_dir()) / "checkpoints"
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
+
+
+def hub_cache() -> Path:
+    """The Hugging Face hub cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "huggingface" / "hub"
+
+
+def hub_repo_cached(repo_id: str) -> bool:
+    """True when the hub cache holds a snapshot of `repo_id` with at least one file."""
+    snapshots = hub_cache() / ("models--" + repo_id.strip("/").replace("/", "--")) / "snapshots"
+    try:
+        return any(any(snapshot.iterdir()) for snapshot in snapshots.iterdir() if snapshot.is_dir())
+    except OSError:
+        return False
 
 
 def offline() -> bool:
@@ -78,6 +110,8 @@ def download(url: str, file_name: str, hash_prefix: str | None = None) -> Path |
     """
     if offline():
         return None
+    import torch.hub
+
     target = hub_checkpoints() / file_name
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -89,34 +123,46 @@ def download(url: str, file_name: str, hash_prefix: str | None = None) -> Path |
     return target
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 4 MiB pieces (weights files are gigabytes)."""
-    import hashlib
+@dataclass(frozen=True)
+class WeightFile:
+    """One released weight file and where it is looked for (see `resolve_file`)."""
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    name: str  # its file name: in the hub cache, in a given folder, in the package
+    option: str  # the command-line option that gives it, named in errors
+    url: str | Callable[[], str] | None = None  # downloaded into the hub cache from here; None: never
+    hash_prefix: str | None = None  # a download's SHA-256 must start with this
+    package: tuple[str, str] | None = None  # (import name, path inside) of a package that ships it
+    package_first: bool = False  # the package's copy is preferred to the hub cache's
 
 
-def weights_sha256(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's weights, independent of the file they came from.
+def resolve_file(file: WeightFile, given: Path | str | None = None, *,
+                 missing: Callable[[], Exception] | None = None) -> Path | None:
+    """The path of `file`, looked up in this order (first hit wins):
 
-    Over the state dict in sorted key order: for each tensor its name, dtype, shape and its
-    values as contiguous little-endian float32 (floating tensors) or their own dtype, so the same
-    weights read from a REPA-E .pt, a diffusers folder or an export give the same digest.
+    the `given` path (a file, or a folder holding `file.name`; anything else is one error line)
+    -> the torch hub cache -> the installed package that ships it (the two swapped with
+    `package_first`) -> a download into the hub cache (unless HF_HUB_OFFLINE=1 or no `url`)
+    -> `missing()` raised, or None without it (the caller's one line names what to fetch).
     """
-    import hashlib
+    if given is not None:
+        return given_file(given, file.name, file.option)
+    places = [lambda: _cached(file.name), lambda: packaged_file(*file.package) if file.package else None]
+    for place in reversed(places) if file.package_first else places:
+        found = place()
+        if found is not None:
+            return found
+    if file.url is not None:
+        downloaded = download(file.url() if callable(file.url) else file.url, file.name, hash_prefix=file.hash_prefix)
+        if downloaded is not None:
+            return downloaded
+    if missing is not None:
+        raise missing()
+    return None
 
-    digest = hashlib.sha256()
-    state = model.state_dict()
-    for key in sorted(state):
-        t = state[key].detach()
-        t = (t.float() if t.is_floating_point() else t).cpu().contiguous()
-        digest.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        digest.update(t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
-    return digest.hexdigest()
+
+def _cached(name: str) -> Path | None:
+    path = hub_checkpoints() / name
+    return path if path.is_file() else None
 
 
 def find_weight_file(path: Path, option: str = "--teacher-weights") -> Path:
@@ -133,6 +179,8 @@ def find_weight_file(path: Path, option: str = "--teacher-weights") -> Path:
 
 def read_state_dict(path: Path, option: str = "--teacher-weights") -> dict[str, torch.Tensor]:
     """Tensors of a weights file, unwrapped from the usual {'model': ...} containers."""
+    import torch
+
     path = find_weight_file(path, option)
     try:
         if path.suffix == ".safetensors":
@@ -189,6 +237,12 @@ def load_exactly(module: nn.Module, state: dict[str, torch.Tensor], *, path: Pat
     module.load_state_dict(state, strict=True)
 
 
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], *, path: Path, teacher: str,
+                 option: str = "--teacher-weights") -> None:
+    """Strictly load teacher weights; the error names the teacher they do not fit."""
+    load_exactly(module, state, path=path, option=option, what=f"does not fit teacher {teacher!r}")
+
+
 # OSErrors about this machine's disk and permissions: never "not cached and no network".
 LOCAL_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
@@ -235,3 +289,50 @@ def hf_hint(repo_id: str, filename: str | None = None) -> str:
         f"It is looked up in the Hugging Face cache (HF_HOME, default ~/.cache/huggingface) as {what}; "
         f"on a machine with network run `hf download {repo_id}` and copy the cache here."
     )
+
+
+#################################################################################
+#                 Are a component's weights on this machine?                    #
+#################################################################################
+
+# What `local_weights` answers: found, missing, nothing to fetch, cannot tell from here.
+YES, NO, NOT_NEEDED, UNKNOWN = "yes", "no", "-", "?"
+
+
+def local_weights(spec) -> str:
+    """YES / NO / NOT_NEEDED / UNKNOWN for a teacher or VAE base spec, from the caches' folders
+    alone (nothing is imported or downloaded), so `sendvae plugins` shows what runs offline.
+
+    - Hugging Face repos (timm models `timm/<model>`, transformers ids, `hf:` VAE repos,
+      open_clip's `hf_hub` option): a snapshot in the hub cache (`hub_cache`);
+    - torchvision-style files (`weights_file` option): where `resolve_file` looks, short of a
+      download: torch's hub checkpoints folder, or an installed package that ships the file
+      (`package` option: import name, path inside it);
+    - a spec with `needs_weights=False` needs nothing.
+    """
+    if not spec.needs_weights:
+        return NOT_NEEDED
+    source = str(spec.source or "")
+    options = spec.options or {}
+    if options.get("weights_file"):
+        file = WeightFile(options["weights_file"], "--teacher-weights", package=_package(options.get("package")))
+        return YES if resolve_file(file) is not None else NO
+    repo = options.get("hf_hub") or options.get("hub") or options.get("hf_id")
+    if not repo:
+        kind, _, rest = source.partition(":")
+        if kind == "timm" and rest:
+            repo = f"timm/{rest}"
+        elif kind in ("transformers", "hf") and rest:
+            repo = rest
+    if not repo:
+        return UNKNOWN
+    return YES if hub_repo_cached(str(repo)) else NO
+
+
+def _package(package: Any) -> tuple[str, str] | None:
+    """A spec's `package` option (import name, path inside, pip name) as (import name, path), or
+    None when it is missing or malformed."""
+    try:
+        return (str(package[0]), str(package[1])) if package else None
+    except (IndexError, TypeError, KeyError):
+        return None

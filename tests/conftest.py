@@ -46,6 +46,15 @@ def invoke(*args):
     return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
+def with_flag(args, flag, value=None):
+    """`args` with `flag`'s value replaced by `value` (appended when absent; removed when None)."""
+    args = [str(a) for a in args]
+    if flag in args:
+        i = args.index(flag)
+        del args[i : i + 2]
+    return args if value is None else [*args, flag, str(value)]
+
+
 # Outputs stored once, on one machine (tests/fixtures), differ from this machine's in the last
 # bits: float32 kernels sum in another order on AVX2, AVX-512 and AMX. A few hundred roundings of
 # relative error 6e-8 (float32's half-ulp) stay well under 1e-5 of the output's scale, while a

@@ -78,11 +78,11 @@ def test_info_rerun_and_another_configuration(reference, tmp_path):
     assert again.returncode == 0 and "already complete" in again.stderr and reference.read_bytes() == before
     # Another VAE (same architecture, other weights) on the same output: refused, nothing touched.
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.formats import build_model
+    from sendvae_cli.vae.formats import build_vae
     from sendvae_cli.vae.autoencoder import VAE_CONFIGS
 
     torch.manual_seed(1)
-    export_vae(build_model(VAE_CONFIGS["tiny-f16d8"]), tmp_path / "other-vae")
+    export_vae(build_vae(VAE_CONFIGS["tiny-f16d8"]), tmp_path / "other-vae")
     other = [*SMALL[:2], str(tmp_path / "other-vae"), *SMALL[3:]]
     proc = invoke("cache-latents", *other, "--out", reference)
     one_line_error(proc, "exists with another configuration", "vae_weights_sha256")

@@ -377,17 +377,17 @@ def test_the_lock_excludes_only_while_held(tmp_path):
 def test_an_export_folder_in_use_elsewhere_is_refused(tmp_path):
     from sendvae_cli.vae.autoencoder import VAE_CONFIGS
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.formats import build_model
+    from sendvae_cli.vae.formats import build_vae
 
     folder = tmp_path / "vae"
     with held_by_another_process(folder) as holder:
         with pytest.raises(UserError, match=f"export folder {folder}: in use by another sendvae run.*pid {holder.pid}"):
-            export_vae(build_model(VAE_CONFIGS["tiny-f16d8"]), folder)
+            export_vae(build_vae(VAE_CONFIGS["tiny-f16d8"]), folder)
     assert not folder.exists()
     # A temporary a killed export left beside the folder is removed by the next export.
     stale = tmp_path / ".vae.tmp-999999999-0123abcd"
     stale.mkdir()
-    export_vae(build_model(VAE_CONFIGS["tiny-f16d8"]), folder)
+    export_vae(build_vae(VAE_CONFIGS["tiny-f16d8"]), folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]
 
 

@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 
 from sendvae_cli.cli import app
 from sendvae_cli.data.shapes import ShapesSource
-from sendvae_cli.eval.fid import FidOptions, evaluate, render_table, strided_rows
+from sendvae_cli.eval.fid import FidOptions, evaluate, fid_table, strided_rows
 from sendvae_cli.eval.frechet import Gaussian, Moments, frechet_distance, trace_sqrt_product
 from sendvae_cli.eval.inception import SPATIAL_DIM, WEIGHTS_FILE, InceptionFeatures, random_inception_weights
-from sendvae_cli.eval.inputs import open_images
+from sendvae_cli.eval.inputs import open_image_input
 from sendvae_cli.eval.metric import Metric, Row, show
 from sendvae_cli.eval.metrics import inception_score, precision_recall, split_bounds
 from sendvae_cli.hookspecs import hookimpl
@@ -123,7 +123,7 @@ def work(tmp_path_factory):
         extractor = MemoExtractor(InceptionFeatures.load(weights))
         feats = {}
         for name in ("A", "B"):
-            images = open_images(root / name, "test")
+            images = open_image_input(root / name, "test")
             parts = [extractor(batch) for batch in images.batches(8)]
             feats[name] = tuple(torch.cat([p[t] for p in parts]).double().numpy() for t in range(3))
         yield {"root": root, "weights": weights, "extractor": extractor, "feats": feats, "A": pixels_a, "B": pixels_b}
@@ -293,7 +293,7 @@ def test_a_metric_registered_by_a_plugin_appears_in_fids_table(work):
     expected = 2 * np.linalg.norm(work["feats"]["A"][0].astype(np.float32), axis=1).mean()
     assert rel(result["metrics"]["norm2"], expected) <= 1e-6 and result["metrics"]["kid"] is not None
     console = Console(width=200, record=True)
-    console.print(render_table(result))
+    console.print(fid_table(result))
     text = console.export_text()
     assert "Twice the mean norm" in text and f"{expected:.4f}" in text and "KID" in text
 
@@ -438,8 +438,8 @@ def test_saved_statistics_file_format(work, result_ab):
     assert meta["weights_sha256"] == work["extractor"].sha256
     with zipfile.ZipFile(work["root"] / "A.npz") as archive:  # np.savez stores: the reader memory-maps it
         assert archive.getinfo("arr_0.npy").compress_type == zipfile.ZIP_STORED
-    assert open_images(work["root"] / "A.npz", "x").offset is not None
-    assert open_images(work["root"] / "A_compressed.npz", "x").offset is None
+    assert open_image_input(work["root"] / "A.npz", "x").offset is not None
+    assert open_image_input(work["root"] / "A_compressed.npz", "x").offset is None
     assert os.path.getsize(work["root"] / "A.npz") > N * 32 * 32 * 3
 
 
@@ -448,7 +448,7 @@ def test_gpu_features_and_metrics_agree_with_cpu(work):
     if not torch.cuda.is_available():  # as tests/test_gpu.py: `-m gpu` without a GPU is an error, not a pass
         pytest.fail("the gpu tests need a CUDA device")
     gpu = InceptionFeatures.load(work["weights"], "cuda")
-    batch = next(open_images(work["root"] / "A", "test").batches(N))
+    batch = next(open_image_input(work["root"] / "A", "test").batches(N))
     pool, spatial, logits = (t.double().cpu().numpy() for t in gpu(batch))
     cpu_pool, cpu_spatial, cpu_logits = work["feats"]["A"]
     for got, want in ((pool, cpu_pool), (spatial, cpu_spatial), (logits, cpu_logits)):

@@ -17,10 +17,10 @@ from PIL import Image
 
 from sendvae_cli.data.shapes import ShapesSource
 from sendvae_cli.errors import UserError
-from sendvae_cli.eval.extractors import TEACHER_INPUT_SIZE, TeacherFeatures, open_extractor, resize_uint8
-from sendvae_cli.eval.fid import FidOptions, evaluate, render_table
+from sendvae_cli.eval.extractors import TEACHER_INPUT_SIZE, TeacherExtractor, open_extractor, resize_uint8
+from sendvae_cli.eval.fid import FidOptions, evaluate, fid_table
 from sendvae_cli.eval.frechet import Gaussian
-from sendvae_cli.eval.inputs import ReferenceStats, open_images, save_stats
+from sendvae_cli.eval.inputs import ReferenceStats, open_image_input, save_stats
 from metric_references import ref_fd, ref_precision_recall
 
 N = 16
@@ -47,10 +47,10 @@ def work(tmp_path_factory):
     spec = get_registry().teacher("dinov2-l")
     torch.manual_seed(0)
     teacher = spec.build(random_weights=True, arch=spec.tiny)
-    extractor = TeacherFeatures(teacher, spec, "cpu", random_weights=True)
+    extractor = TeacherExtractor(teacher, spec, "cpu", random_weights=True)
     feats = {}
     for name in ("A", "B"):
-        batches = open_images(root / name, "test").batches(8)
+        batches = open_image_input(root / name, "test").batches(8)
         feats[name] = torch.cat([extractor(b)[0] for b in batches]).double().numpy()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SENDVAE_CACHE", str(root / "cache"))
@@ -82,7 +82,7 @@ def test_teacher_fd_equals_an_independent_float64_computation(work):
     from rich.console import Console
 
     console = Console(width=200, record=True)
-    console.print(render_table(result))
+    console.print(fid_table(result))
     text = console.export_text()
     assert "FD_DINOv2" in text and "n/a" in text and "dinov2-l" in text
 

@@ -24,10 +24,10 @@ from sendvae_cli.vae.autoencoder import VAEConfig
 def export_random_tiny(folder: Path, seed: int, resolution: int = 32, config=None) -> Path:
     from sendvae_cli.vae.autoencoder import VAE_CONFIGS
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.formats import build_model
+    from sendvae_cli.vae.formats import build_vae
 
     torch.manual_seed(seed)
-    model = build_model(config or VAE_CONFIGS["tiny-f16d8"])
+    model = build_vae(config or VAE_CONFIGS["tiny-f16d8"])
     return export_vae(model, folder, provenance={"resolution": resolution, "note": f"random, seed {seed}"})
 
 

@@ -17,10 +17,11 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from sendvae_cli.data.shapes import ShapesSource
 from sendvae_cli.errors import UserError
-from sendvae_cli.eval.extractors import TeacherFeatures
-from sendvae_cli.eval.image_quality import psnr, ssim, to_levels
-from sendvae_cli.eval.probe_features import parse_request
-from sendvae_cli.eval.recon import ReconOptions, Reconstructor, psnr_summary, render_table, run_recon
+from sendvae_cli.eval.extractors import TeacherExtractor
+from sendvae_cli.eval.image_quality import psnr, ssim
+from sendvae_cli.images import to_levels
+from sendvae_cli.eval.requests import parse_request
+from sendvae_cli.eval.recon import ReconOptions, Reconstructor, psnr_summary, recon_table, run_recon
 from metric_references import ref_fd
 
 N = 12
@@ -102,7 +103,7 @@ def parts(tmp_path_factory):
     registry = get_registry()
     spec = registry.teacher("dinov2-s")
     torch.manual_seed(0)
-    extractor = TeacherFeatures(spec.build(random_weights=True, arch=spec.tiny), spec, "cpu", random_weights=True)
+    extractor = TeacherExtractor(spec.build(random_weights=True, arch=spec.tiny), spec, "cpu", random_weights=True)
     torch.manual_seed(0)
     lpips = LPIPS(random_weights=True)
     return {"root": root, "data": data, "registry": registry, "extractor": extractor, "lpips": lpips}
@@ -146,7 +147,7 @@ def test_identity_and_lossy_vaes_side_by_side(parts):
     from rich.console import Console
 
     console = Console(width=200, record=True)
-    console.print(render_table(summary))
+    console.print(recon_table(summary))
     text = console.export_text()
     assert "∞ (identical)" in text and "rFD_dinov2-s" in text
 

@@ -21,10 +21,10 @@ RUN = ["-n", "50", "--mode", "sde", "--steps", "4", "--cfg", "2.0", "--guidance-
 def tiny_vae(folder, seed):
     from sendvae_cli.vae.autoencoder import VAE_CONFIGS
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.formats import build_model
+    from sendvae_cli.vae.formats import build_vae
 
     torch.manual_seed(seed)
-    return export_vae(build_model(VAE_CONFIGS["tiny-f16d8"]), folder)
+    return export_vae(build_vae(VAE_CONFIGS["tiny-f16d8"]), folder)
 
 
 def tiny_sit(folder, vae_folder, num_classes=10):
@@ -32,7 +32,7 @@ def tiny_sit(folder, vae_folder, num_classes=10):
     from sendvae_cli.generators.export import save_generator_export
     from sendvae_cli.generators.sit import SiT
     from sendvae_cli.vae.export import load_exported
-    from sendvae_cli.weights import weights_sha256
+    from sendvae_cli.provenance import weights_sha256
 
     torch.manual_seed(0)
     model = SiT(input_size=2, in_channels=8, patch_size=1, depth=2, width=32, heads=2, num_classes=num_classes)
@@ -229,9 +229,9 @@ def test_unconditional_generator_takes_no_labels(models, tmp_path):
 
 def test_fid_readers_see_the_same_images_in_npz_and_folder(reference):
     """`sendvae fid` reads both: the same uint8 batches in the same order, hence the same features."""
-    from sendvae_cli.eval.inputs import open_images
+    from sendvae_cli.eval.inputs import open_image_input
 
-    npz, folder = open_images(reference / "samples.npz", "SAMPLES"), open_images(reference / "images", "SAMPLES")
+    npz, folder = open_image_input(reference / "samples.npz", "SAMPLES"), open_image_input(reference / "images", "SAMPLES")
     assert (npz.kind, npz.count, folder.count) == ("npz", 50, 50)
     for a, b in zip(npz.batches(16), folder.batches(16, workers=0), strict=True):
         assert torch.equal(a, b)
@@ -259,7 +259,7 @@ def test_repae_checkpoint_with_vae_and_latent_stats(tmp_path):
     from sendvae_cli.generators.sit import build_sit
     from sendvae_cli.vae.autoencoder import VAEConfig
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.formats import build_model
+    from sendvae_cli.vae.formats import build_vae
 
     torch.manual_seed(0)
     sit = build_sit("SiT-tiny/1", input_size=8, in_channels=4, num_classes=1000)
@@ -269,7 +269,7 @@ def test_repae_checkpoint_with_vae_and_latent_stats(tmp_path):
     checkpoint = export_repa_checkpoint(sit, tmp_path / "0000100.pt", latent_stats=([0.0] * 4, [0.5] * 4))
     config = VAEConfig(ch=16, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(), z_channels=4, embed_dim=4,
                        norm_groups=8)
-    vae = export_vae(build_model(config), tmp_path / "vae4")
+    vae = export_vae(build_vae(config), tmp_path / "vae4")
     stats = tmp_path / "vae4-latents-stats.pt"
     torch.save({"latents_scale": torch.full((1, 4, 1, 1), 1 / 3), "latents_bias": torch.ones(1, 4, 1, 1)}, stats)
 
@@ -293,13 +293,13 @@ def test_repa_checkpoint_takes_the_statistics_beside_the_vae(tmp_path):
     from sendvae_cli.generators.export import export_repa_checkpoint
     from sendvae_cli.generators.sit import build_sit
     from sendvae_cli.vae.autoencoder import VAEConfig
-    from sendvae_cli.vae.formats import build_model
+    from sendvae_cli.vae.formats import build_vae
 
     torch.manual_seed(0)
     checkpoint = export_repa_checkpoint(build_sit("SiT-tiny/1", input_size=8, in_channels=4, num_classes=1000),
                                         tmp_path / "repa.pt", flavour="repa")
     config = VAEConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(), z_channels=4, embed_dim=4)
-    torch.save(build_model(config).state_dict(), tmp_path / "vae.pt")
+    torch.save(build_vae(config).state_dict(), tmp_path / "vae.pt")
     torch.save({"latents_scale": torch.full((1, 4, 1, 1), 0.5), "latents_bias": torch.zeros(1, 4, 1, 1)},
                tmp_path / "vae-latents-stats.pt")
     ok("sample", checkpoint, "--vae", tmp_path / "vae.pt", "--out", tmp_path / "s", "-n", "2", "--steps", "2",

@@ -99,7 +99,7 @@ def test_each_documented_torchrun_line_parses_at_its_world_size(where, world, ar
                          (vae_trainer, "train_vae"), (sample, "run_sample"), (recon, "run_recon"),
                          (probe_module, "run_probe"), (fid, "evaluate")):
         monkeypatch.setattr(module, name, probe)
-    monkeypatch.setattr(fid, "render_table", lambda result: "")
+    monkeypatch.setattr(fid, "fid_table", lambda result: "")
     proc = invoke(*args)
     assert proc.returncode == 0, f"{where}\n{proc.stdout}{proc.stderr}"
     assert seen, f"{where}: the pipeline was not reached"

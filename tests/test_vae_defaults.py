@@ -14,10 +14,10 @@ from sendvae_cli.vae.open import open_vae, recorded_resolution
 def export_tiny(folder, resolution):
     from sendvae_cli.vae.autoencoder import VAE_CONFIGS
     from sendvae_cli.vae.export import export_vae
-    from sendvae_cli.vae.formats import build_model
+    from sendvae_cli.vae.formats import build_vae
 
     torch.manual_seed(0)
-    return export_vae(build_model(VAE_CONFIGS["tiny-f16d8"]), folder, provenance={"resolution": resolution})
+    return export_vae(build_vae(VAE_CONFIGS["tiny-f16d8"]), folder, provenance={"resolution": resolution})
 
 
 def test_cache_latents_takes_the_resolution_the_vae_was_trained_at(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sendvae_cli import weights
 from sendvae_cli.errors import UserError, WeightsNotFound
 from sendvae_cli.vae import lpips as lpips_module
 from sendvae_cli.vae.discriminator import NLayerDiscriminator, hinge_d_loss, hinge_g_loss, load_discriminator
@@ -119,7 +120,7 @@ def test_lpips_weights_missing_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     lin_file = tmp_path / "vgg.pth"  # as shipped inside the lpips package
     lin_file.touch()
-    monkeypatch.setattr(lpips_module, "packaged_lin_weights", lambda: lin_file)
+    monkeypatch.setattr(weights, "packaged_file", lambda package, path: lin_file if package == "lpips" else None)
     with pytest.raises(WeightsNotFound) as info:
         LPIPS()
     message = str(info.value)
@@ -127,7 +128,7 @@ def test_lpips_weights_missing_offline(tmp_path, monkeypatch):
     assert "vgg16-397923af.pth" in message and str(tmp_path / "hub" / "checkpoints") in message
     assert "--lpips-vgg-weights" in message
     assert "vgg.pth (" not in message  # the lin weights come with the lpips package
-    monkeypatch.setattr(lpips_module, "packaged_lin_weights", lambda: None)
+    monkeypatch.setattr(weights, "packaged_file", lambda package, path: None)
     with pytest.raises(WeightsNotFound, match=r"vgg16-397923af\.pth .*; vgg\.pth \(LPIPS v0\.1"):
         LPIPS()
 

@@ -330,10 +330,10 @@ def test_hub_base_offline_without_cache_says_what_is_missing(tmp_path, monkeypat
 
 
 def test_building_from_a_state_dict_copies_and_exports_feed_bases(tmp_path, registry):
-    from sendvae_cli.vae.formats import build_model
+    from sendvae_cli.vae.formats import build_vae
 
     source = registry.vae_base("tiny").build().model
-    copy = build_model(source.config, source.state_dict())
+    copy = build_vae(source.config, source.state_dict())
     with torch.no_grad():
         copy.quant_conv.weight.zero_()
     assert source.quant_conv.weight.abs().sum() > 0  # no shared storage

@@ -1,7 +1,7 @@
 """Whether a component's weights are on this machine, read from the caches' folders."""
 
 from sendvae_cli.registry import get_registry
-from sendvae_cli.weights_local import local_weights
+from sendvae_cli.weights import local_weights
 
 
 def test_hub_snapshots_and_hub_checkpoints_are_found(tmp_path, monkeypatch):

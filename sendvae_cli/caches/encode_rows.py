@@ -22,7 +22,6 @@ from __future__ import annotations
 import queue
 import shutil
 import threading
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -30,8 +29,9 @@ import numpy as np
 import torch
 
 from sendvae_cli.caches.h5rows import RowCache, batches
-from sendvae_cli.data.source import ImageSource, to_model_range
+from sendvae_cli.data.source import ImageSource
 from sendvae_cli.distributed import Dist
+from sendvae_cli.images import to_model_range
 from sendvae_cli.io import write_errors, write_json_atomic
 from sendvae_cli.outcome import set_resume
 from sendvae_cli.progress import info, progress_bar
@@ -71,12 +71,6 @@ class BackgroundWriter:
         self.thread.join()
         if self.error is not None:
             raise self.error
-
-
-def autocast_for(device: torch.device, precision: str):
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def side_file(cache: RowCache) -> Path:

@@ -18,9 +18,9 @@ import torch
 
 from sendvae_cli import distributed
 from sendvae_cli.caches import encode_rows
-from sendvae_cli.caches.encode_rows import autocast_for
 from sendvae_cli.caches.h5rows import ArraySpec, RowCache
 from sendvae_cli.data.source import ImageSource
+from sendvae_cli.distributed import autocast_for
 from sendvae_cli.errors import UserError
 from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.teachers.base import TOKEN_STRIDE

@@ -15,7 +15,7 @@ from sendvae_cli.errors import UserError
 IN_MEMORY_BYTES = 1 << 30  # caches up to 1 GiB are read into memory once
 
 
-class TeacherFeatures:
+class TeacherTokens:
     """Tokens of an `extract` cache, checked against the images they must belong to."""
 
     def __init__(self, path: Path, source: ImageSource, teacher: str | None = None):

@@ -122,15 +122,15 @@ def row_checksums(rows: Mapping[str, np.ndarray], arrays: Mapping[str, ArraySpec
 class Block:
     """Rows [start, stop) of a cache in their own file."""
 
-    def __init__(self, path: Path, start: int, stop: int, arrays: Mapping[str, ArraySpec], print_: str):
+    def __init__(self, path: Path, start: int, stop: int, arrays: Mapping[str, ArraySpec], config_fingerprint: str):
         self.path, self.start, self.stop = path, start, stop
         self.arrays = dict(arrays)
         if path.exists() and self._layout() != BLOCK_LAYOUT:
             path.unlink()  # written by an older version without CRCs: its rows are recomputed
         if not path.exists():
-            self._create(print_)
+            self._create(config_fingerprint)
         with h5py.File(path, "r", locking=False) as f:
-            if f.attrs.get("fingerprint") != print_:
+            if f.attrs.get("fingerprint") != config_fingerprint:
                 raise UserError(f"{path}: block written by another configuration; delete {path.parent} to start over")
             self.offsets = {name: f[name].id.get_offset() for name in (*self.arrays, CHECKS, PROGRESS)}
         with write_errors(path):
@@ -144,7 +144,7 @@ class Block:
         except (OSError, KeyError):
             return None  # unreadable (e.g. cut short): recreated
 
-    def _create(self, print_: str) -> None:
+    def _create(self, config_fingerprint: str) -> None:
         tmp = self.path.with_name(self.path.name + ".creating")
         size = block_bytes(self.start, self.stop, self.arrays)
         with write_errors(self.path, needed=size):
@@ -154,7 +154,7 @@ class Block:
                         _create_contiguous(f, name, (self.stop - self.start, *spec.row_shape), spec.stored)
                     _create_contiguous(f, CHECKS, (self.stop - self.start,), np.dtype("<u4"))
                     _create_contiguous(f, PROGRESS, (1,), np.dtype("<i8"))
-                    f.attrs["fingerprint"] = print_
+                    f.attrs["fingerprint"] = config_fingerprint
                     f.attrs["start"] = self.start
                     f.attrs["stop"] = self.stop
                     f.attrs["layout"] = BLOCK_LAYOUT

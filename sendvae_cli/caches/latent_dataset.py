@@ -29,7 +29,6 @@ worker. REPA-E caches (one `.npy`-named HDF5 dataset per image) are read through
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.seeds import row_seed
 
 FORMAT = "sendvae-latents"
 FORMAT_VERSION = 1
@@ -248,13 +248,6 @@ def _open_for_reading(path: str, fast: bool):
     if fast:
         return os.open(path, os.O_RDONLY)
     return h5py.File(path, "r")
-
-
-def row_seed(seed: int, epoch: int, index: int) -> tuple[int, int]:
-    """(noise seed, view bit) of row `index` in `epoch`: a hash of the three, so rows never share
-    a stream and nothing depends on the worker, the batch or the order rows are read in."""
-    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=9).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1), digest[8] & 1
 
 
 class LatentDataset(torch.utils.data.Dataset):

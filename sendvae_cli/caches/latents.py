@@ -28,9 +28,10 @@ from sendvae_cli.caches.h5rows import ArraySpec, RowCache, parts_progress
 from sendvae_cli.caches.latent_dataset import (ARRAYS, FLIP_ARRAYS, FORMAT, LatentMoments, detect_layout, open_h5,
                                              read_attrs, repae_keys)
 from sendvae_cli.data.source import ImageSource
+from sendvae_cli.distributed import autocast_for
 from sendvae_cli.errors import UserError
 from sendvae_cli.locks import hold_output_lock
-from sendvae_cli.weights import weights_sha256
+from sendvae_cli.provenance import weights_sha256
 
 PRODUCER = "sendvae cache-latents"
 COMPRESSIONS = ("gzip", "lzf")
@@ -149,21 +150,11 @@ def cache_latents(source: ImageSource, out: Path, options: CacheLatentsOptions, 
         return _cache_latents(source, Path(out), options, registry, dist)
 
 
-def _cache_latents(source: ImageSource, out: Path, options: CacheLatentsOptions, registry, dist) -> dict[str, Any]:
-    from sendvae_cli import __version__
+def _cache_config(source: ImageSource, vae_config, digest: str, options: CacheLatentsOptions) -> dict[str, Any]:
+    """Everything that decides the cache's rows: a rerun with another one is refused, not mixed in."""
     from sendvae_cli.vae.autoencoder import config_name
 
-    started = time.perf_counter()
-    show = dist.is_main and not options.quiet
-    batch_size = options.batch_size or (64 if dist.device.type == "cuda" else 16)
-    loaded = open_for_cache(options, registry)
-    vae_config = loaded.config
-    if source.resolution % vae_config.downsample:
-        raise UserError(f"--resolution {source.resolution}: expected a multiple of the VAE's downsampling "
-                        f"{vae_config.downsample}")
-    shape = tuple(vae_config.latent_shape(source.resolution))
-    digest = weights_sha256(loaded.model)
-    config = {
+    return {
         "producer": PRODUCER,
         "vae_config": config_name(vae_config) or vae_config.describe(),
         "vae_weights_sha256": digest,
@@ -174,24 +165,16 @@ def _cache_latents(source: ImageSource, out: Path, options: CacheLatentsOptions,
         "payload": "mean+std float16",
         "compression": options.compression,
     }
-    names = ARRAYS + (FLIP_ARRAYS if options.flip else ())
-    arrays = {name: ArraySpec(shape, "float16") for name in names}
-    arrays["labels"] = ArraySpec((), "int64")
-    cache = RowCache(out, len(source), arrays, config, block_rows=options.block_rows)
-    summary = {"out": str(out), "rows": len(source), "latent_shape": list(shape), "flip": options.flip}
-    resolved = dict(config, vae=options.vae, latent_shape=list(shape), batch_size=batch_size,
-                    world_size=dist.world, workers=options.workers, precision=options.precision)
-    if encode_rows.already_complete(cache, dist, show, resolved):
-        return dict(summary, computed=0)
-    encode_rows.prepare(cache, dist)
 
-    model = loaded.model.to(dist.device)
+
+def _encode_step(model: torch.nn.Module, options: CacheLatentsOptions, device: torch.device):
+    """A batch of images (and labels) -> the cache's rows: posterior mean and std in float16, per view."""
 
     def step(x: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
         count = len(labels)
         if options.flip:
             x = torch.cat([x, x.flip(-1)])
-        with encode_rows.autocast_for(dist.device, "fp32" if options.precision == "auto" else options.precision):
+        with autocast_for(device, "fp32" if options.precision == "auto" else options.precision):
             posterior = model.encode(x)
         mean = posterior.mean.float().to(torch.float16)
         std = posterior.std.float().to(torch.float16)
@@ -205,42 +188,73 @@ def _cache_latents(source: ImageSource, out: Path, options: CacheLatentsOptions,
         rows["labels"] = labels.numpy().astype(np.int64)
         return rows
 
+    return step
+
+
+def _cache_attrs(source: ImageSource, loaded, options: CacheLatentsOptions, config: dict[str, Any],
+                 shape: tuple[int, ...], moments: LatentMoments) -> dict[str, Any]:
+    """The finished cache's attributes: what wrote it, its layout, and the latents' statistics."""
+    from sendvae_cli import __version__
+
+    vae_config = loaded.config
+    a = {
+        "format": FORMAT,
+        "producer": PRODUCER,
+        "producer_version": __version__,
+        "vae": options.vae,
+        "vae_config": config["vae_config"],
+        "vae_architecture": json.dumps(vae_config.to_dict(), sort_keys=True),
+        "vae_weights": vae_identity(loaded, options),
+        "vae_weights_sha256": config["vae_weights_sha256"],
+        "vae_provenance": json.dumps(loaded.provenance, sort_keys=True, default=str),
+        "downsample": vae_config.downsample,
+        "resolution": source.resolution,
+        **layout_attrs(shape, options.flip),
+        "source": json.dumps(source.describe(), sort_keys=True),
+        "row_order_sha256": config["row_order_sha256"],
+        **stats_attrs(moments),
+    }
+    if source.num_classes is not None:
+        a["num_classes"] = int(source.num_classes)
+    if source.class_names:
+        a["class_names"] = json.dumps(list(source.class_names))
+    if loaded.has_latent_stats:
+        a["vae_latent_mean"] = loaded.latent_mean.double().numpy()
+        a["vae_latent_std"] = loaded.latent_std.double().numpy()
+    return a
+
+
+def _cache_latents(source: ImageSource, out: Path, options: CacheLatentsOptions, registry, dist) -> dict[str, Any]:
+    started = time.perf_counter()
+    show = dist.is_main and not options.quiet
+    batch_size = options.batch_size or (64 if dist.device.type == "cuda" else 16)
+    loaded = open_for_cache(options, registry)
+    vae_config = loaded.config
+    if source.resolution % vae_config.downsample:
+        raise UserError(f"--resolution {source.resolution}: expected a multiple of the VAE's downsampling "
+                        f"{vae_config.downsample}")
+    shape = tuple(vae_config.latent_shape(source.resolution))
+    config = _cache_config(source, vae_config, weights_sha256(loaded.model), options)
+    names = ARRAYS + (FLIP_ARRAYS if options.flip else ())
+    arrays = {name: ArraySpec(shape, "float16") for name in names}
+    arrays["labels"] = ArraySpec((), "int64")
+    cache = RowCache(out, len(source), arrays, config, block_rows=options.block_rows)
+    summary = {"out": str(out), "rows": len(source), "latent_shape": list(shape), "flip": options.flip}
+    resolved = dict(config, vae=options.vae, latent_shape=list(shape), batch_size=batch_size,
+                    world_size=dist.world, workers=options.workers, precision=options.precision)
+    if encode_rows.already_complete(cache, dist, show, resolved):
+        return dict(summary, computed=0)
+    encode_rows.prepare(cache, dist)
+
+    step = _encode_step(loaded.model.to(dist.device), options, dist.device)
     encoding = time.perf_counter()
     computed = encode_rows.fill(cache, source, dist, step, batch_size=batch_size, workers=options.workers,
                                 label=f"cache-latents {options.vae}", show=show)
     merging = time.perf_counter()
 
     moments = LatentMoments(shape[0])
-
-    def attrs() -> dict[str, Any]:
-        a = {
-            "format": FORMAT,
-            "producer": PRODUCER,
-            "producer_version": __version__,
-            "vae": options.vae,
-            "vae_config": config["vae_config"],
-            "vae_architecture": json.dumps(vae_config.to_dict(), sort_keys=True),
-            "vae_weights": vae_identity(loaded, options),
-            "vae_weights_sha256": digest,
-            "vae_provenance": json.dumps(loaded.provenance, sort_keys=True, default=str),
-            "downsample": vae_config.downsample,
-            "resolution": source.resolution,
-            **layout_attrs(shape, options.flip),
-            "source": json.dumps(source.describe(), sort_keys=True),
-            "row_order_sha256": config["row_order_sha256"],
-            **stats_attrs(moments),
-        }
-        if source.num_classes is not None:
-            a["num_classes"] = int(source.num_classes)
-        if source.class_names:
-            a["class_names"] = json.dumps(list(source.class_names))
-        if loaded.has_latent_stats:
-            a["vae_latent_mean"] = loaded.latent_mean.double().numpy()
-            a["vae_latent_std"] = loaded.latent_std.double().numpy()
-        return a
-
     encode_rows.finish(
-        cache, dist, attrs,
+        cache, dist, lambda: _cache_attrs(source, loaded, options, config, shape, moments),
         extra={"rows": np.array(source.row_ids(), dtype=object)} if dist.is_main else None,
         resolved=resolved,
         message=f"wrote {out}: {len(source)} rows x {'2 views x ' if options.flip else ''}"

@@ -8,7 +8,6 @@ and `sendvae plugins` answer at once. A `UserError` anywhere becomes one red lin
 from __future__ import annotations
 
 import functools
-import os
 import signal
 import sys
 from typing import Annotated
@@ -17,6 +16,7 @@ import typer
 
 from sendvae_cli import __version__
 from sendvae_cli.errors import UserError
+from sendvae_cli.ranks import is_main
 
 app = typer.Typer(
     name="sendvae",
@@ -115,11 +115,6 @@ def registry():
             warn(problem)
         found._reported = True
     return found
-
-
-def is_main() -> bool:
-    """Rank 0 (or a single process): the one that prints warnings."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def open_data(data, registry, *, resolution, num_images, seed, strict, root):

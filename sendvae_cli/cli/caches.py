@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from sendvae_cli.cli import options as o
-from sendvae_cli.cli.app import app, is_main, open_data, registry, user_errors
+from sendvae_cli.cli.app import app, open_data, registry, user_errors
 from sendvae_cli.errors import UserError
+from sendvae_cli.ranks import is_main
 
 
 @app.command()
@@ -100,7 +101,7 @@ def cache_latents(
     if out.expanduser().is_dir():
         raise UserError(f"--out {out}: is a folder; expected the path of an .h5 file")
     found = registry()
-    resolution = resolution_for_vae(vae, resolution, quiet)
+    resolution = o.resolution_from_vae(vae, resolution, quiet) or DEFAULT_RESOLUTION
 
     from sendvae_cli.caches.latents import CacheLatentsOptions, cache_latents as run_cache
     from sendvae_cli.progress import warn
@@ -112,20 +113,6 @@ def cache_latents(
                                    flip=flip, batch_size=batch_size, workers=workers, device=device,
                                    precision=precision, block_rows=block_rows, compression=compression, quiet=quiet)
     run_cache(source, out, settings, found)
-
-
-def resolution_for_vae(vae: str, resolution: int | None, quiet: bool = False) -> int:
-    """--resolution, else the one the exported VAE records (said on screen), else 256."""
-    if resolution is not None:
-        return resolution
-    from sendvae_cli.vae.open import recorded_resolution
-
-    recorded = recorded_resolution(vae)
-    if recorded and is_main() and not quiet:
-        from sendvae_cli.progress import info
-
-        info(f"--resolution {recorded}: the resolution {vae} was trained at (its vae.json); pass --resolution to change it")
-    return recorded or DEFAULT_RESOLUTION
 
 
 DEFAULT_RESOLUTION = 256

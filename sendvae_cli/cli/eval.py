@@ -38,7 +38,7 @@ def fid(
     """FID, sFID, Inception Score, precision and recall as the ADM suite computes them, or the Fréchet distance in a teacher's space, and KID and any metric a plugin registers (docs/fid.md)."""
     from rich.console import Console
 
-    from sendvae_cli.eval.fid import FidOptions, evaluate, render_table
+    from sendvae_cli.eval.fid import FidOptions, evaluate, fid_table
 
     o.exclusive_weights("--teacher-weights", teacher_weights, random_weights)
     o.existing(("--teacher-weights", teacher_weights))
@@ -49,7 +49,7 @@ def fid(
                          workers=workers, cache=cache, quiet=quiet)
     result = evaluate(options, registry=found)
     if result is not None:  # None: a process of a torchrun job other than rank 0
-        Console().print(render_table(result))
+        Console().print(fid_table(result))
 
 
 @app.command()
@@ -80,7 +80,7 @@ def probe(
     quiet: o.Quiet = False,
 ) -> None:
     """Attribute linear probes on VAE latents: rank VAEs before training a generator (docs/probe.md)."""
-    from sendvae_cli.eval.probe_features import parse_request
+    from sendvae_cli.eval.requests import parse_request
 
     requests = [parse_request(v, "--vae") for v in vae or []] + [parse_request(f, "--features") for f in features or []]
     if not requests:
@@ -97,8 +97,8 @@ def probe(
     from rich.console import Console
 
     from sendvae_cli.eval.linear_probe import ProbeSettings
-    from sendvae_cli.eval.probe import (ProbeOptions, data_name, epoch_cap_warnings, render_attribute_f1,
-                                        render_table, run_probe)
+    from sendvae_cli.eval.probe import ProbeOptions, epoch_cap_warnings, probe_table, render_attribute_f1, run_probe
+    from sendvae_cli.eval.requests import data_name
 
     name = data_name(data)
     settings = ProbeSettings(epochs=epochs, patience=patience, lr=lr, weight_decay=weight_decay,
@@ -109,7 +109,7 @@ def probe(
                            block_rows=block_rows, settings=settings, quiet=quiet)
     summary = run_probe(options, found)
     if summary is not None:
-        Console().print(render_table(summary))
+        Console().print(probe_table(summary))
         Console().print(render_attribute_f1(summary))
         from sendvae_cli.progress import warn
 
@@ -146,7 +146,7 @@ def recon(
     quiet: o.Quiet = False,
 ) -> None:
     """Reconstruction quality of VAEs side by side: PSNR, SSIM, LPIPS and rFID / rFD (docs/recon.md)."""
-    from sendvae_cli.eval.probe_features import parse_request
+    from sendvae_cli.eval.requests import parse_request
 
     requests = [parse_request(v, "--vae") for v in vae or []]
     if not requests:
@@ -161,8 +161,8 @@ def recon(
 
     from rich.console import Console
 
-    from sendvae_cli.eval.probe import data_name
-    from sendvae_cli.eval.recon import ReconOptions, render_table, run_recon
+    from sendvae_cli.eval.requests import data_name
+    from sendvae_cli.eval.recon import ReconOptions, recon_table, run_recon
 
     options = ReconOptions(data=data, requests=requests, out=out or Path("runs") / f"recon-{data_name(data)}",
                            extractor=extractor, inception_weights=inception_weights, teacher_weights=teacher_weights,
@@ -172,7 +172,7 @@ def recon(
                            device=device, block_rows=block_rows, quiet=quiet)
     summary = run_recon(options, found)
     if summary is not None:
-        Console().print(render_table(summary))
+        Console().print(recon_table(summary))
         if not quiet:
             Console(stderr=True).print(f"wrote {options.out / 'recon.json'} and {options.out / 'images'}/",
                                        highlight=False)
@@ -196,7 +196,7 @@ def eval_vae(
     quiet: o.Quiet = False,
 ) -> None:
     """The evaluation row train-vae --eval-every logs (probe macro-F1, PSNR, SSIM, rFD) for finished VAEs (docs/train-vae.md)."""
-    from sendvae_cli.eval.probe_features import check_labels, parse_request
+    from sendvae_cli.eval.requests import check_labels, parse_request
 
     from dataclasses import replace
 

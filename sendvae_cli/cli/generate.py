@@ -13,8 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from sendvae_cli.cli import options as o
-from sendvae_cli.cli.app import app, is_main, registry, user_errors
+from sendvae_cli.cli.app import app, registry, user_errors
 from sendvae_cli.errors import UserError
+from sendvae_cli.ranks import is_main
 
 
 MODEL_PANEL = "Model and REPA"
@@ -103,22 +104,12 @@ def train_sit(
                ("--latent-stats", latent_stats), ("--vae-weights", vae_weights), ("--root", root), ("--init", init))
     if root is not None and images is None:
         raise UserError(f"--root {root}: tells where the dataset of --images lives; give --images NAME too")
-    explicit = {
-        "model": model, "teacher": teacher, "proj_weight": proj_weight, "encoder_depth": encoder_depth,
-        "cfg_prob": cfg_prob, "qk_norm": qk_norm, "attention": attention, "num_classes": num_classes, "flip": flip,
-        "seed": seed, "steps": steps, "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch,
-        "lr": lr, "beta2": beta2, "grad_clip": grad_clip, "ema": ema, "time_schedule": time_schedule,
-        "time_mean": time_mean, "log_every": log_every,
-        "checkpoint_every": checkpoint_every, "sample_every": sample_every, "preview_count": preview_count,
-        "preview_steps": preview_steps, "preview_cfg": preview_cfg, "precision": precision,
-        "keep_checkpoints": keep,
-    }
-    cfg = SiTTrainConfig.from_flags(
-        preset, explicit, data=str(latents), random_weights=random_weights, device=device, quiet=quiet,
-        compile=compile, workers=o.workers_or_default(workers), images=images, root=str(root) if root else None,
-        init=init, teacher_weights=teacher_weights,
-        teacher_features=teacher_features, latent_stats=latent_stats, vae=vae, vae_weights=vae_weights,
-        tracker=trackers)
+    run = dict(data=str(latents), random_weights=random_weights, device=device, quiet=quiet, compile=compile,
+               workers=o.workers_or_default(workers), images=images, root=str(root) if root else None, init=init,
+               teacher_weights=teacher_weights, teacher_features=teacher_features, latent_stats=latent_stats,
+               vae=vae, vae_weights=vae_weights, tracker=trackers)
+    flags = o.preset_flags(SiTTrainConfig, locals(), run, keep_checkpoints=keep)
+    cfg = SiTTrainConfig.from_flags(preset, flags, **run)
     if time_mean is not None and cfg.time_schedule != "lognormal":
         raise UserError(f"--time-mean {time_mean}: centres lognormal times; this run's are {cfg.time_schedule} "
                         f"(add --time-schedule lognormal)")
@@ -142,6 +133,45 @@ def train_sit(
 # ---- sample ---------------------------------------------------------------------------------
 SAMPLER_PANEL = "Sampler"
 LABEL_PANEL = "Labels"
+
+
+def _check_sampler(mode: str, steps: int, heun: bool, shift: float, cfg: float, low: float, high: float) -> None:
+    """One-line errors for a sampler that cannot run as asked (after the presets filled the gaps)."""
+    from sendvae_cli.generate.presets import MODES
+
+    if shift != 1.0 and mode != "ode":
+        raise UserError(f"--timestep-shift {shift}: shifts the ODE's time grid; the SDE sampler keeps REPA's grid")
+    if mode not in MODES:
+        raise UserError(f"--mode {mode}: expected {' or '.join(MODES)}")
+    if heun and mode != "ode":
+        raise UserError("--heun: Heun's corrector is for --mode ode only")
+    if mode == "sde" and steps < 2:
+        raise UserError(f"--steps {steps}: the SDE sampler needs at least 2 steps")
+    if not cfg >= 1:
+        raise UserError(f"--cfg {cfg}: expected 1 or more (1 = no guidance)")
+    if not 0 <= low <= high <= 1:
+        raise UserError(f"--guidance-low {low} / --guidance-high {high}: expected 0 <= low <= high <= 1 (flow time)")
+
+
+def _check_output(labels_scheme: str, class_id: int | None, labels: str | None, precision: str,
+                  grid: str | None) -> tuple[int, int] | None:
+    """One-line errors for the labels, precision and grid asked for; the grid's (classes, samples)."""
+    from sendvae_cli.generate.grid import parse_grid
+    from sendvae_cli.generate.labels import SCHEMES
+    from sendvae_cli.generate.presets import PRECISIONS
+
+    if labels_scheme not in SCHEMES:
+        raise UserError(f"--labels {labels_scheme}: expected {' or '.join(SCHEMES)}")
+    if class_id is not None and labels is not None:
+        raise UserError("--class and --labels exclude each other")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: expected {', '.join(PRECISIONS)}")
+    if grid is None:
+        return None
+    try:
+        return parse_grid(grid)
+    except ValueError:
+        raise UserError(f"--grid {grid}: expected KxM, e.g. 8x6 (K classes x M samples)") from None
 
 
 @app.command()
@@ -174,10 +204,7 @@ def sample(
     quiet: o.Quiet = False,
 ) -> None:
     """Images from a generator: REPA's ODE/SDE samplers with CFG, class-balanced, resumable, into PNGs + an ADM .npz."""
-    from sendvae_cli.generate.grid import parse_grid
-    from sendvae_cli.generate.labels import SCHEMES
-
-    from sendvae_cli.generate.presets import MODES, PRECISIONS, PRESETS
+    from sendvae_cli.generate.presets import PRESETS
 
     if preset is not None and preset not in PRESETS:
         raise UserError(f"--preset {preset}: expected {' or '.join(PRESETS)}")
@@ -198,30 +225,8 @@ def sample(
     channels, shift = pick(cfg_channels, "cfg_channels", None), pick(timestep_shift, "timestep_shift", 1.0)
     o.positive(("-n", count), ("--steps", steps), ("--batch-size", batch_size), ("--cfg-channels", channels),
                ("--timestep-shift", shift))
-    if shift != 1.0 and mode != "ode":
-        raise UserError(f"--timestep-shift {shift}: shifts the ODE's time grid; the SDE sampler keeps REPA's grid")
-    if mode not in MODES:
-        raise UserError(f"--mode {mode}: expected {' or '.join(MODES)}")
-    if heun and mode != "ode":
-        raise UserError("--heun: Heun's corrector is for --mode ode only")
-    if mode == "sde" and steps < 2:
-        raise UserError(f"--steps {steps}: the SDE sampler needs at least 2 steps")
-    if not cfg >= 1:
-        raise UserError(f"--cfg {cfg}: expected 1 or more (1 = no guidance)")
-    if not 0 <= low <= high <= 1:
-        raise UserError(f"--guidance-low {low} / --guidance-high {high}: expected 0 <= low <= high <= 1 (flow time)")
-    if labels_scheme not in SCHEMES:
-        raise UserError(f"--labels {labels_scheme}: expected {' or '.join(SCHEMES)}")
-    if class_id is not None and labels is not None:
-        raise UserError("--class and --labels exclude each other")
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: expected {', '.join(PRECISIONS)}")
-    shape = None
-    if grid is not None:
-        try:
-            shape = parse_grid(grid)
-        except ValueError:
-            raise UserError(f"--grid {grid}: expected KxM, e.g. 8x6 (K classes x M samples)") from None
+    _check_sampler(mode, steps, heun, shift, cfg, low, high)
+    shape = _check_output(labels_scheme, class_id, labels, precision, grid)
     from sendvae_cli.generate.source import HUB_PREFIX, hub_generator
 
     if str(model).startswith(HUB_PREFIX):

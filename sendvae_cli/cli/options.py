@@ -8,13 +8,15 @@ something particular to one command is declared in that command.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Mapping, Optional
 
 import typer
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.ranks import is_main
 
 DATA_PANEL = "Data"
 TEACHER_PANEL = "Teacher"
@@ -56,6 +58,19 @@ def positive(*named: tuple[str, int | float | None]) -> None:
     for name, value in named:
         if value is not None and not value > 0:
             raise UserError(f"{name} {value}: expected a positive number")
+
+
+def preset_flags(config_class, values: Mapping[str, Any], run: Mapping[str, Any], **given: Any) -> dict[str, Any]:
+    """The flags that override a training preset: {field: value}, None where the flag was not given.
+
+    Every field of the config dataclass that the command has a value of, by the same name in
+    `values` (the command's `locals()`) or in `given` (a flag under another name, or a parsed
+    value), except the run settings passed beside them (`run`) and `preset` itself. So a new
+    preset field needs only its option in the command's signature.
+    """
+    values = {**values, **given}
+    return {f.name: values[f.name] for f in dataclasses.fields(config_class)
+            if f.name in values and f.name not in run and f.name != "preset"}
 
 
 def workers_or_default(workers: int | None) -> int:
@@ -116,7 +131,7 @@ def _apply_config_file(ctx: typer.Context, param, value: Optional[Path]):
     except UserError as error:
         from sendvae_cli.cli.app import _print_error
 
-        if os.environ.get("RANK", "0") == "0":  # every process of a torchrun job reads the same file
+        if is_main():  # every process of a torchrun job reads the same file
             _print_error(str(error))
         raise typer.Exit(2) from None
     ctx.default_map = {**(ctx.default_map or {}), **chosen}
@@ -127,3 +142,18 @@ ConfigFile = Annotated[Optional[Path], typer.Option(
     "--config", is_eager=True, callback=_apply_config_file, rich_help_panel=RUN_PANEL, show_default=False,
     help="Options from a TOML, YAML or JSON file (keys are option names; a run's config.json works too). "
          "Flags given on the command line win.")]
+
+
+def resolution_from_vae(vae: str, resolution: int | None, quiet: bool = False) -> int | None:
+    """--resolution, else the one an exported VAE (or train-vae run) was trained at (said on
+    screen), else None when it records none."""
+    if resolution is not None:
+        return resolution
+    from sendvae_cli.vae.open import recorded_resolution
+
+    recorded = recorded_resolution(vae)
+    if recorded and is_main() and not quiet:
+        from sendvae_cli.progress import info
+
+        info(f"--resolution {recorded}: the resolution {vae} was trained at (its vae.json); pass --resolution to change it")
+    return recorded

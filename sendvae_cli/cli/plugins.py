@@ -35,7 +35,7 @@ def plugin_tables(found, width: int) -> list:
     under WIDE the teachers table leaves out its source and plugin columns (`--json` has them)."""
     from rich.table import Table
 
-    from sendvae_cli.weights_local import local_weights
+    from sendvae_cli.weights import local_weights
 
     def name_column(table: Table, names) -> None:
         table.add_column("name", no_wrap=True, min_width=max((len(n) for n in names), default=4))
@@ -80,7 +80,7 @@ def plugin_tables(found, width: int) -> list:
 
 
 def plugins_as_dict(found) -> dict:
-    from sendvae_cli.weights_local import local_weights
+    from sendvae_cli.weights import local_weights
 
     out = {"plugins": [], "teachers": [], "vae_bases": [], "generators": [], "datasets": [], "metrics": []}
     for info in found.plugins.values():

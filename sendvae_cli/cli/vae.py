@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from sendvae_cli.cli import options as o
-from sendvae_cli.cli.app import app, is_main, registry, user_errors
+from sendvae_cli.cli.app import app, registry, user_errors
 from sendvae_cli.errors import UserError
+from sendvae_cli.ranks import is_main
 
 LOSS_PANEL = "Losses"
 MAPPER_PANEL = "Mapper and alignment"
@@ -94,32 +95,22 @@ def train_vae(
     from sendvae_cli.train.trackers import check_names
 
     trackers = check_names(tracker)
-    if resolution is None and vae is not None:
-        resolution = resolution_from_vae(vae, quiet)
+    if vae is not None:
+        resolution = o.resolution_from_vae(vae, resolution, quiet)
     if recon is not None and recon not in ("l1", "mse"):
         raise UserError(f"--recon {recon}: expected l1 or mse")
     o.check_precision(precision)
     o.exclusive_weights("--teacher-weights", teacher_weights, random_weights)
     o.existing(("--teacher-weights", teacher_weights), ("--vae-weights", vae_weights),
                ("--disc-weights", disc_weights), ("--teacher-features", teacher_features))
-    explicit = {
-        "teacher": teacher, "vae": vae, "resolution": resolution, "num_images": num_images, "seed": seed,
-        "steps": steps, "epochs": epochs, "batch_size": batch_size, "micro_batch": micro_batch, "lr": lr,
-        "grad_clip": grad_clip, "ema": ema, "align_weight": align_weight, "align_start": align_start,
-        "mapper_depth": mapper_depth,
-        "mapper_patch": mapper_patch, "mapper_width": mapper_width, "mapper_hidden": mapper_hidden,
-        "noise": False if no_noise else None, "logvar_init": parse_logvar_init(logvar_init), "recon": recon,
-        "lpips_weight": lpips_weight, "kl_weight": kl_weight, "gan_weight": gan_weight, "disc_start": disc_start,
-        "log_every": log_every, "checkpoint_every": checkpoint_every, "sample_every": sample_every,
-        "precision": precision, "stats_images": stats_images, "keep_checkpoints": keep, "eval_every": eval_every,
-        "eval_probe_epochs": eval_probe_epochs, "eval_images": eval_images,
-    }
-    cfg = VAETrainConfig.from_flags(
-        preset, explicit, data=data, random_weights=random_weights, device=device, quiet=quiet,
-        workers=o.workers_or_default(workers), teacher_weights=teacher_weights, teacher_features=teacher_features,
-        vae_weights=vae_weights, disc_weights=disc_weights, lpips_vgg_weights=lpips_vgg_weights,
-        lpips_lin_weights=lpips_lin_weights, tracker=trackers, eval_data=eval_data, eval_root=eval_root,
-        eval_extractor=eval_extractor, keep_best=keep_best)
+    logvar_init = parse_logvar_init(logvar_init)
+    run = dict(data=data, random_weights=random_weights, device=device, quiet=quiet,
+               workers=o.workers_or_default(workers), teacher_weights=teacher_weights,
+               teacher_features=teacher_features, vae_weights=vae_weights, disc_weights=disc_weights,
+               lpips_vgg_weights=lpips_vgg_weights, lpips_lin_weights=lpips_lin_weights, tracker=trackers,
+               eval_data=eval_data, eval_root=eval_root, eval_extractor=eval_extractor, keep_best=keep_best)
+    flags = o.preset_flags(VAETrainConfig, locals(), run, noise=False if no_noise else None, keep_checkpoints=keep)
+    cfg = VAETrainConfig.from_flags(preset, flags, **run)
     found = registry()
     found.teacher(cfg.teacher)  # unknown names fail before anything heavy is imported
     if eval_extractor not in (None, "inception"):
@@ -146,18 +137,6 @@ def check_evaluation(eval_data: str | None, *, keep_best: str | None, **given) -
                                 f"whose held-out images the evaluation uses)")
     if keep_best is not None and keep_best not in ("probe", "rfd"):
         raise UserError(f"--keep-best {keep_best}: expected probe (the highest probe macro-F1) or rfd (the lowest rFD)")
-
-
-def resolution_from_vae(vae: str, quiet: bool) -> int | None:
-    """The resolution an exported VAE (or train-vae run) was trained at, said on screen; None if it records none."""
-    from sendvae_cli.vae.open import recorded_resolution
-
-    recorded = recorded_resolution(vae)
-    if recorded and is_main() and not quiet:
-        from sendvae_cli.progress import info
-
-        info(f"--resolution {recorded}: the resolution {vae} was trained at (its vae.json); pass --resolution to change it")
-    return recorded
 
 
 def parse_logvar_init(value: str | None) -> float | str | None:

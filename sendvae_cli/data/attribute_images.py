@@ -295,7 +295,7 @@ class AttributeImages(ImageSource):
     def annotation_identities(self) -> list[dict[str, Any]]:
         """Name (relative to the root), size and sha256 of each annotation file; hashed once."""
         if self._identities is None:
-            from sendvae_cli.weights import file_sha256
+            from sendvae_cli.provenance import file_sha256
 
             out = []
             for path in self.annotations:

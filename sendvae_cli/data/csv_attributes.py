@@ -29,15 +29,15 @@ import numpy as np
 from sendvae_cli.data.attribute_images import SPLIT_NAMES, AttributeImages
 from sendvae_cli.data.source import NO_LABEL, TEST, TRAIN, VAL
 from sendvae_cli.errors import UserError
+from sendvae_cli.seeds import SPLIT_SALT, split_rng
 
 PATH_COLUMNS = ("path", "image", "file")
 VALUES = {"1": 1, "0": 0, "-1": 0, "true": 1, "false": 0, "yes": 1, "no": 0}
-SPLIT_SALT = 1234  # second word of the seed, so the split differs from other draws made from `seed`
 
 
 def seeded_split(rows: int, seed: int) -> np.ndarray:
     """The 80/10/10 split of a CSV without a split column (see the module docstring)."""
-    order = np.random.default_rng([seed, SPLIT_SALT]).permutation(rows)
+    order = split_rng(seed).permutation(rows)
     codes = np.full(rows, TEST, dtype=np.int8)
     codes[order[: rows * 8 // 10]] = TRAIN
     codes[order[rows * 8 // 10 : rows * 9 // 10]] = VAL
@@ -87,21 +87,7 @@ class CsvAttributes(AttributeImages):
     @staticmethod
     def _parse(reader, name: str, prefix: str):
         """(attribute names, (paths, split codes or None, labels, attribute matrix)) of the CSV rows."""
-        header = next(reader, None)
-        if not header:
-            raise UserError(f"{prefix}: empty file, expected a header row")
-        header = [h.strip() for h in header]
-        lower = [h.lower() for h in header]
-        duplicate = next((h for i, h in enumerate(lower) if h in lower[:i]), None)
-        if duplicate is not None:
-            raise UserError(f"{prefix}: column {duplicate!r} appears twice in the header")
-        path_column = next((lower.index(c) for c in PATH_COLUMNS if c in lower), None)
-        if path_column is None:
-            raise UserError(f"{prefix}: no image column (expected a column named {', '.join(PATH_COLUMNS[:-1])} "
-                            f"or {PATH_COLUMNS[-1]})")
-        split_column = lower.index("split") if "split" in lower else None
-        label_column = lower.index("label") if "label" in lower else None
-        attributes = [i for i in range(len(header)) if i not in (path_column, split_column, label_column)]
+        header, path_column, split_column, label_column, attributes = _columns(next(reader, None), prefix)
 
         paths: list[str] = []
         splits: list[int] = []
@@ -152,6 +138,25 @@ class CsvAttributes(AttributeImages):
             np.array(labels, dtype=np.int64),
             np.array(matrix, dtype=np.uint8).reshape(len(paths), len(attributes)),
         )
+
+
+def _columns(header: list[str] | None, prefix: str) -> tuple[list[str], int, int | None, int | None, list[int]]:
+    """The header row's names and where the image, split, label and attribute columns are."""
+    if not header:
+        raise UserError(f"{prefix}: empty file, expected a header row")
+    header = [h.strip() for h in header]
+    lower = [h.lower() for h in header]
+    duplicate = next((h for i, h in enumerate(lower) if h in lower[:i]), None)
+    if duplicate is not None:
+        raise UserError(f"{prefix}: column {duplicate!r} appears twice in the header")
+    path_column = next((lower.index(c) for c in PATH_COLUMNS if c in lower), None)
+    if path_column is None:
+        raise UserError(f"{prefix}: no image column (expected a column named {', '.join(PATH_COLUMNS[:-1])} "
+                        f"or {PATH_COLUMNS[-1]})")
+    split_column = lower.index("split") if "split" in lower else None
+    label_column = lower.index("label") if "label" in lower else None
+    attributes = [i for i in range(len(header)) if i not in (path_column, split_column, label_column)]
+    return header, path_column, split_column, label_column, attributes
 
 
 def build(spec, *, root: str | os.PathLike | None = None, resolution: int = 256, num_images: int | None = None,

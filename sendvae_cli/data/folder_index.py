@@ -29,6 +29,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from sendvae_cli.errors import UserError
+from sendvae_cli.io import atomic_file
+from sendvae_cli.ranks import launch
+
 FORMAT = 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif"}
 RANK_WAIT_S = 6 * 3600.0  # how long other ranks wait for LOCAL_RANK 0 (as long as distributed's timeout)
@@ -108,17 +112,14 @@ def _read(path: Path, root: Path) -> dict | None:
 
 
 def _write(path: Path, content: dict) -> bool:
+    """Store an index (atomically); False when this folder cannot take it (the next one is tried)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as out:
-            json.dump(content, out, separators=(",", ":"))
-        os.replace(out.name, path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(content, separators=(",", ":")))
+            tmp.chmod(0o600)  # the index lists a user's files, and one of its folders is in the shared temp dir
         return True
-    except OSError:
-        try:
-            os.unlink(out.name)  # type: ignore[possibly-undefined]
-        except (OSError, NameError):
-            pass
+    except (OSError, UserError):  # a full or read-only cache folder is not the run's error
         return False
 
 
@@ -133,18 +134,6 @@ def _stored(root: Path) -> tuple[dict | None, Path | None]:
 # --------------------------------------------------------------------------------------------
 # Building, and sharing across the processes of one launch
 # --------------------------------------------------------------------------------------------
-def _launch_token() -> str | None:
-    """Names this torchrun launch on this machine, or None when not under torchrun.
-
-    The local processes of one launch are children of the same torchrun agent, so its process id
-    (with the run id and rendezvous address) tells this launch from an earlier one.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "TORCHELASTIC_RUN_ID" not in os.environ:
-        return None
-    parts = [os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK")]
-    return "|".join(parts + [str(os.getppid())])
-
-
 def _as_index(root: Path, stored: dict, verified: int, location: Path | None) -> FolderIndex:
     files = stored["files"]
     order = sorted(files, key=row_order)
@@ -211,8 +200,9 @@ def _wait_for_published(root: Path, token: str, timeout_s: float) -> FolderIndex
 
 def index_folder(root: Path, workers: int = 8, *, rank_wait_s: float = RANK_WAIT_S) -> FolderIndex:
     """The verified images of `root` (an absolute, existing folder), from the stored index where it holds."""
-    token = _launch_token()
-    if token is not None and int(os.environ.get("LOCAL_RANK", "0")) != 0:
+    place = launch()
+    token = place.token
+    if token is not None and place.local_rank != 0:
         shared = _wait_for_published(root, token, rank_wait_s)
         if shared is not None:
             return shared

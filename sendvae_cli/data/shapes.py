@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from sendvae_cli.data.source import TEST, TRAIN, VAL, ImageSource
+from sendvae_cli.seeds import shape_row_rng
 
 VERSION = 1  # bump whenever a row's pixels or factors change: caches record it
 
@@ -109,7 +110,7 @@ class ShapeRow:
 
 def draw_row(seed: int, index: int) -> ShapeRow:
     """The factors of row `index`: cheap (no rendering), a function of (seed, index) only."""
-    rng = np.random.default_rng([seed, index])
+    rng = shape_row_rng(seed, index)
     factors = tuple(int(v) for v in rng.integers(0, _NUM_VALUES))
     u = rng.random(8).tolist()  # continuous nuisance, drawn in one go after the factors
     _, _, size, hpos, vpos, _, _ = factors

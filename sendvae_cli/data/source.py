@@ -3,7 +3,7 @@
 An `ImageSource` is a map-style torch Dataset. Row `i` always holds the same image (row order
 is part of a dataset's identity and is recorded in every cache made from it). Images come out
 as uint8 tensors (3, R, R) at the source's resolution, so DataLoader workers ship 4x fewer
-bytes than float; `to_model_range` turns a batch into the [-1, 1] floats models take.
+bytes than float; `images.to_model_range` turns a batch into the [-1, 1] floats models take.
 """
 
 from __future__ import annotations
@@ -103,8 +103,3 @@ class Subset(ImageSource):
 
     def describe(self) -> dict[str, Any]:
         return dict(self.source.describe(), rows=self.count)
-
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images.float().div_(127.5).sub_(1.0)

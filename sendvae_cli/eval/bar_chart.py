@@ -13,6 +13,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from sendvae_cli.images import save_png
+
 # Colour-blind-safe (Okabe-Ito) colours, one per metric.
 COLOURS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00"]
 
@@ -92,8 +94,4 @@ def grouped_bars(path: Path, title: str, groups: Sequence[str], series: dict[str
         draw.rectangle([x, height - 30, x + 14, height - 16], fill=COLOURS[m % len(COLOURS)])
         draw.text((x + 20, height - 32), name, fill="black", font=font)
         x += 40 + _text_size(draw, name, font)[0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
-    return path
+    return save_png(image, path)

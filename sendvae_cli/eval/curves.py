@@ -12,6 +12,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw
 
 from sendvae_cli.eval.bar_chart import COLOURS, _font, _text_size
+from sendvae_cli.images import save_png
 
 PANEL_W, PANEL_H, COLUMNS = 330, 250, 3
 TITLES = {"probe_macro_f1": "probe macro-F1 (higher is better)", "probe_micro_f1": "probe micro-F1 (higher is better)",
@@ -68,11 +69,7 @@ def panels(path: Path, title: str, series: Sequence[tuple[str, Sequence[float], 
     for i, (name, xs, ys) in enumerate(series):
         _panel(draw, (PANEL_W * (i % COLUMNS), 44 + PANEL_H * (i // COLUMNS)), name, xs, ys, connect=connect,
                colour=COLOURS[i % len(COLOURS)], x_label=labels[i])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
-    return path
+    return save_png(image, path)
 
 
 def draw_curves(metrics: Path, path: Path, title: str) -> Path:

@@ -2,7 +2,7 @@
 
 `inception` is the ADM suite's network (`inception.InceptionFeatures`): pool_3 for FID and
 precision/recall, a spatial tensor for sFID, logits for the Inception Score. Any registered
-teacher is an extractor too (`TeacherFeatures`): one global feature per image
+teacher is an extractor too (`TeacherExtractor`): one global feature per image
 (`Teacher.global_features`: the CLS token for DINOv2, whose Fréchet distance is FD_DINOv2 as
 Stein et al. 2023 compute it; the mean of the last feature map for the torchvision CNNs), so the
 Fréchet distance and precision/recall work in its space; sFID and the Inception Score do not
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from sendvae_cli.errors import UserError
+from sendvae_cli.images import to_model_range
 
 INCEPTION = "inception"
 # Stein et al. (NeurIPS 2023), dgm-eval `dgm_eval/models/dinov2.py`: every image is resized to
@@ -57,7 +58,7 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.round_().clamp_(0.0, 255.0)
 
 
-class TeacherFeatures:
+class TeacherExtractor:
     """uint8 NCHW images -> (global feature (B, width), None, None), float32, on `device`."""
 
     spatial_dim = None
@@ -66,7 +67,7 @@ class TeacherFeatures:
 
     def __init__(self, teacher, spec, device: torch.device | str = "cpu", *, weights: Path | None = None,
                  random_weights: bool = False, size: int = TEACHER_INPUT_SIZE):
-        from sendvae_cli.weights import weights_sha256
+        from sendvae_cli.provenance import weights_sha256
 
         self.teacher = teacher.eval().requires_grad_(False)
         self.spec = spec
@@ -93,7 +94,7 @@ class TeacherFeatures:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 (B, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")
-        x = resize_uint8(images.to(self.device, non_blocking=True), self.size).div_(127.5).sub_(1.0)
+        x = to_model_range(resize_uint8(images.to(self.device, non_blocking=True), self.size))
         with tf32_matmuls(self.device):
             features = self.teacher.global_features(x, size=self.size)
         return features.float(), None, None
@@ -159,4 +160,4 @@ def open_extractor(name: str, *, registry=None, device: torch.device | str = "cp
     with torch.random.fork_rng(devices=[]):  # random weights are seeded: reruns find their caches
         torch.manual_seed(seed)
         teacher = spec.build(weights=teacher_weights, random_weights=random_weights)
-    return TeacherFeatures(teacher, spec, device, weights=teacher_weights, random_weights=random_weights)
+    return TeacherExtractor(teacher, spec, device, weights=teacher_weights, random_weights=random_weights)

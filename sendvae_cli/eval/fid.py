@@ -35,7 +35,7 @@ from sendvae_cli.eval.inputs import (
     ReferenceStats,
     cache_dir,
     cache_key,
-    open_images,
+    open_image_input,
     open_reference,
     read_stats_file,
     save_stats,
@@ -300,13 +300,8 @@ def _pick_device(requested: str) -> torch.device:
         raise UserError(f"--device {requested}: {error}") from None
 
 
-def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, Any] | None:
-    """Every figure and the protocol, as written to the JSON file (which is written here too).
-
-    Under torchrun every process featurises its share of the images (`featurise`) and rank 0
-    computes and writes the figures; the other ranks return None.
-    """
-    started = time.perf_counter()
+def _check_options(options: FidOptions) -> int:
+    """One-line errors for impossible numbers; the DataLoader workers to use."""
     if options.batch_size is not None and options.batch_size <= 0:
         raise UserError(f"--batch-size {options.batch_size}: expected a positive number")
     if options.num_samples is not None and options.num_samples <= 0:
@@ -314,7 +309,12 @@ def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, An
     workers = options.workers if options.workers is not None else min(8, os.cpu_count() or 1)
     if workers < 0:
         raise UserError(f"--workers {workers}: expected 0 or more")
-    samples = open_images(options.samples, "SAMPLES", max(1, workers))
+    return workers
+
+
+def _open_inputs(options: FidOptions, workers: int):
+    """(samples, how many of them are used, reference): every input error before any model is built."""
+    samples = open_image_input(options.samples, "SAMPLES", max(1, workers))
     count = samples.count
     if options.num_samples is not None:
         if options.num_samples > samples.count:
@@ -322,35 +322,32 @@ def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, An
         count = options.num_samples
     ref = open_reference(options.ref, max(1, workers))
     _check_counts(samples, count, ref, inception_score=options.extractor == INCEPTION)
-    json_path = Path(options.json_out).expanduser() if options.json_out else default_json_path(options.samples)
+    return samples, count, ref
 
-    _pick_device(options.device)  # a wrong --device is one line before any process group starts
-    dist = distributed.init(options.device if extractor is None else str(extractor.device))
+
+def _open_extractor(options: FidOptions, registry, dist):
+    """The extractor, opened on rank 0 first: weights a process downloads are there for the others."""
 
     def extractor_for(device: torch.device):
         return open_extractor(options.extractor, registry=registry, device=device,
                               inception_weights=options.inception_weights, teacher_weights=options.teacher_weights,
                               random_weights=options.random_weights, seed=options.seed)
 
-    if extractor is None:  # rank 0 first: weights a process downloads are there for the others
-        opened = distributed.main_first(dist, lambda: extractor_for(dist.device))
-        extractor = opened if dist.is_main else extractor_for(dist.device)
+    opened = distributed.main_first(dist, lambda: extractor_for(dist.device))
+    return opened if dist.is_main else extractor_for(dist.device)
+
+
+def _warn_weights(options: FidOptions, extractor) -> None:
     if options.random_weights:
         warn(f"extractor {extractor.name} has random weights (--random-weights): a smoke test; its figures mean nothing")
     elif not extractor.is_release and extractor.name == INCEPTION:
         warn(f"Inception weights {extractor.path or ''} (sha256 {extractor.sha256[:12]}...) are not torch-fidelity's "
              f"release file: figures are not comparable with published numbers")
-    ref = _teacher_reference(ref, extractor)
-    device = extractor.device
-    batch_size = options.batch_size or (250 if device.type == "cuda" else 32)
 
-    reference, provenance = resolve_reference(ref, extractor, options, batch_size, workers, dist)
-    done = featurise(samples, extractor, batch_size=batch_size, workers=workers, limit=count, inception_score=True,
-                     description=f"{_label(extractor)} features: samples", show=not options.quiet, dist=dist)
-    if not dist.is_main:
-        return None
-    sample_pool = done.pool.gaussian()
-    fid = frechet_distance(sample_pool, reference.pool)
+
+def _own_figures(done, reference, inception: bool, device: torch.device) -> dict[str, Any]:
+    """FID (or FD), sFID, the Inception Score and precision/recall: the figures `fid` computes itself."""
+    fid = frechet_distance(done.pool.gaussian(), reference.pool)
     sfid = None
     if done.spatial is not None and reference.spatial is not None:
         sfid = frechet_distance(done.spatial.gaussian(), reference.spatial)
@@ -360,12 +357,57 @@ def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, An
     precision = recall = None
     if reference.features is not None:
         precision, recall = precision_recall(reference.features, done.features, PR_NEIGHBOURS, device=device)
+    return {"fid" if inception else "fd": fid, "sfid": sfid, "inception_score": is_mean,
+            "inception_score_std": is_std, "precision": precision, "recall": recall}
+
+
+def _protocol(extractor, batch_size: int, metric_protocols: dict[str, Any]) -> dict[str, Any]:
+    inception = extractor.name == INCEPTION
+    return {
+        "suite": "ADM (openai/guided-diffusion evaluations/evaluator.py)" if inception else
+                 f"Fréchet distance and precision/recall in {extractor.name}'s feature space (as dgm-eval, "
+                 f"Stein et al. 2023); sFID and the Inception Score exist only with Inception",
+        "version": PROTOCOL_VERSION,
+        "extractor": extractor.describe(),
+        "fid": "float64; tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)); unbiased covariance (n - 1)",
+        "inception_score": {"splits": IS_SPLITS, "order": "consecutive, as given"} if inception else None,
+        "precision_recall": {"k": PR_NEIGHBOURS, "distance": "squared Euclidean, float32"},
+        "metrics": metric_protocols,
+        "batch_size": batch_size,
+        "standard_sample_count": ADM_SAMPLES,
+    }
+
+
+def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, Any] | None:
+    """Every figure and the protocol, as written to the JSON file (which is written here too).
+
+    Under torchrun every process featurises its share of the images (`featurise`) and rank 0
+    computes and writes the figures; the other ranks return None.
+    """
+    started = time.perf_counter()
+    workers = _check_options(options)
+    samples, count, ref = _open_inputs(options, workers)
+    json_path = Path(options.json_out).expanduser() if options.json_out else default_json_path(options.samples)
+
+    _pick_device(options.device)  # a wrong --device is one line before any process group starts
+    dist = distributed.init(options.device if extractor is None else str(extractor.device))
+    if extractor is None:
+        extractor = _open_extractor(options, registry, dist)
+    _warn_weights(options, extractor)
+    ref = _teacher_reference(ref, extractor)
+    device = extractor.device
+    batch_size = options.batch_size or (250 if device.type == "cuda" else 32)
+
+    reference, provenance = resolve_reference(ref, extractor, options, batch_size, workers, dist)
+    done = featurise(samples, extractor, batch_size=batch_size, workers=workers, limit=count, inception_score=True,
+                     description=f"{_label(extractor)} features: samples", show=not options.quiet, dist=dist)
+    if not dist.is_main:
+        return None
+    inception = extractor.name == INCEPTION
+    metrics = _own_figures(done, reference, inception, device)
+    fid = metrics["fid" if inception else "fd"]
     if options.save_stats is not None:
         save_stats(options.save_stats, reference, {**reference.meta, "from": provenance})
-
-    inception = extractor.name == INCEPTION
-    metrics: dict[str, Any] = {"fid" if inception else "fd": fid, "sfid": sfid, "inception_score": is_mean,
-                               "inception_score_std": is_std, "precision": precision, "recall": recall}
     more, metric_rows, metric_protocols = registered_metrics(
         registry, Features(done.features, reference.features, extractor.name, device))
     metrics.update(more)
@@ -379,19 +421,7 @@ def evaluate(options: FidOptions, extractor=None, registry=None) -> dict[str, An
                       "precision_recall_features": None if reference.features is None else len(reference.features),
                       "from": provenance,
                       "saved_to": str(options.save_stats) if options.save_stats else None},
-        "protocol": {
-            "suite": "ADM (openai/guided-diffusion evaluations/evaluator.py)" if inception else
-                     f"Fréchet distance and precision/recall in {extractor.name}'s feature space (as dgm-eval, "
-                     f"Stein et al. 2023); sFID and the Inception Score exist only with Inception",
-            "version": PROTOCOL_VERSION,
-            "extractor": extractor.describe(),
-            "fid": "float64; tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)); unbiased covariance (n - 1)",
-            "inception_score": {"splits": IS_SPLITS, "order": "consecutive, as given"} if inception else None,
-            "precision_recall": {"k": PR_NEIGHBOURS, "distance": "squared Euclidean, float32"},
-            "metrics": metric_protocols,
-            "batch_size": batch_size,
-            "standard_sample_count": ADM_SAMPLES,
-        },
+        "protocol": _protocol(extractor, batch_size, metric_protocols),
         "sendvae_version": _version(),
         "seconds": round(time.perf_counter() - started, 3),
         "samples_per_second": round(count / done.seconds, 2) if done.seconds > 0 else None,
@@ -419,7 +449,7 @@ def _write_json(path: Path, result: dict[str, Any]) -> None:
     write_result_json(path, result)
 
 
-def render_table(result: dict[str, Any]):
+def fid_table(result: dict[str, Any]):
     """A rich table of the figures, with counts and provenance in its caption."""
     from rich.table import Table
 

@@ -27,15 +27,6 @@ SSIM_SIGMA = 1.5
 DATA_RANGE = 255.0
 
 
-def to_levels(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> float64 whole levels in [0, 255] (what a saved uint8 PNG holds)."""
-    return ((images.double() + 1.0) * 127.5).round_().clamp_(0.0, 255.0)
-
-
-def levels_to_model_range(levels: torch.Tensor) -> torch.Tensor:
-    return levels.float() / 127.5 - 1.0
-
-
 def psnr(reconstruction: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
     """(B,) float64 PSNR of [0, 255] images; +inf where the two are equal."""
     from torchmetrics.functional.image import peak_signal_noise_ratio

@@ -37,7 +37,7 @@ from torch import nn
 
 from sendvae_cli.errors import UserError, WeightsNotFound
 from sendvae_cli.io import save_torch
-from sendvae_cli.weights import download, given_file, hub_checkpoints
+from sendvae_cli.weights import WeightFile, hub_checkpoints, resolve_file
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 RELEASE_SHA256_PREFIX = "6726825d"
@@ -56,20 +56,15 @@ def weights_url() -> str:
     return URL_INCEPTION_V3
 
 
+WEIGHTS = WeightFile(WEIGHTS_FILE, OPTION, url=weights_url, hash_prefix=RELEASE_SHA256_PREFIX)
+
+
 def find_weights(given: Path | str | None) -> Path:
     """The weights file to use, or one WeightsNotFound line naming the file and where it goes."""
-    if given is not None:
-        return given_file(given, WEIGHTS_FILE, OPTION)
-    cached = hub_checkpoints() / WEIGHTS_FILE
-    if cached.is_file():
-        return cached
-    downloaded = download(weights_url(), WEIGHTS_FILE, hash_prefix=RELEASE_SHA256_PREFIX)
-    if downloaded is not None:
-        return downloaded
-    raise WeightsNotFound(
+    return resolve_file(WEIGHTS, given, missing=lambda: WeightsNotFound(
         f"Inception weights not found: {WEIGHTS_FILE} is neither in {hub_checkpoints()}/ nor downloadable here. "
         f"On a machine with network fetch {weights_url()} and put it in {hub_checkpoints()}/, or pass {OPTION} PATH."
-    )
+    ))
 
 
 def _architecture(features: list[str], meta: bool = False) -> nn.Module:

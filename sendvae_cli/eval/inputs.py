@@ -42,10 +42,11 @@ import torch
 from PIL import Image
 
 from sendvae_cli.data.folder import list_images
-from sendvae_cli.weights import file_sha256
 from sendvae_cli.errors import UserError
 from sendvae_cli.eval.frechet import Gaussian
 from sendvae_cli.eval.inception import POOL_DIM, SPATIAL_DIM
+from sendvae_cli.io import atomic_file, remove_stale_temporaries
+from sendvae_cli.provenance import file_sha256
 
 STATS_FORMAT = "sendvae-fid-stats"
 STATS_VERSION = 1
@@ -254,7 +255,7 @@ class NpzImages(ImageInput):
         return total.hexdigest()
 
 
-def open_images(path: Path | str, option: str, workers: int = 8) -> ImageInput:
+def open_image_input(path: Path | str, option: str, workers: int = 8) -> ImageInput:
     p = Path(path).expanduser()
     if p.is_dir():
         return FolderImages(p, option, workers)
@@ -403,13 +404,9 @@ def save_stats(path: Path, stats: ReferenceStats, meta: dict[str, Any]) -> None:
     full = {"format": STATS_FORMAT, "version": STATS_VERSION, "protocol_version": PROTOCOL_VERSION,
             "count": stats.pool.count, **meta}
     arrays["sendvae_fid"] = np.array(json.dumps(full, sort_keys=True))
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    remove_stale_temporaries(path.parent, path.name)  # a killed writer's half-written file
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+        np.savez(f, **arrays)
 
 
 def cache_dir() -> Path:

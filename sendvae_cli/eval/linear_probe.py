@@ -72,6 +72,7 @@ import torch.nn.functional as F
 
 from sendvae_cli.data.source import SPLITS, TEST, TRAIN, VAL
 from sendvae_cli.eval.attribute_metrics import attribute_metrics
+from sendvae_cli.seeds import probe_epoch_rng
 from sendvae_cli.train.optim import adamw
 
 Progress = Callable[..., None]
@@ -369,6 +370,105 @@ def _first_pass(features: Any, splits: np.ndarray, table: np.ndarray | None, sto
     return moments, read_s, stats_s
 
 
+def _linear_probe(dim: int, attributes: int, seed: int, device: torch.device) -> torch.nn.Linear:
+    """Default torch Linear init (uniform +-1/sqrt(fan_in)), drawn from our own generator."""
+    generator = torch.Generator().manual_seed(seed)
+    probe = torch.nn.utils.skip_init(torch.nn.Linear, dim, attributes)
+    bound = 1.0 / math.sqrt(dim)
+    with torch.no_grad():
+        probe.weight.uniform_(-bound, bound, generator=generator)
+        probe.bias.uniform_(-bound, bound, generator=generator)
+    return probe.to(device)
+
+
+@dataclass
+class _Fit:
+    """The probe, its optimiser and what it reads: one epoch of training, or an evaluation."""
+
+    probe: torch.nn.Linear
+    optimizer: torch.optim.Optimizer
+    source: _Rows
+    targets: torch.Tensor  # (N, A) float32 on the device
+    mean: torch.Tensor
+    inv_std: torch.Tensor
+    chunk_rows: int
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        # copy=True: the float32 in-memory table (or a float32 source) must never be changed in place.
+        return x.to(torch.float32, copy=True).sub_(self.mean).mul_(self.inv_std)
+
+    def train_epoch(self, train_rows: np.ndarray, rng: np.random.Generator, epoch: int, batches: int,
+                    notify: Progress) -> float:
+        """One pass over the train rows in `rng`'s order; the mean training BCE."""
+        device = self.targets.device
+        self.probe.train()
+        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
+        for done, (part, x) in enumerate(self.source.train_batches(train_rows, rng), 1):
+            y = self.targets[torch.from_numpy(part).to(device)]
+            loss = F.binary_cross_entropy_with_logits(self.probe(self.standardise(x)), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach().double() * len(part)
+            notify("batch", epoch=epoch, done=done, total=batches)
+        return float(total) / len(train_rows)
+
+    @torch.no_grad()
+    def evaluate(self, chosen: np.ndarray) -> tuple[float, np.ndarray]:
+        """(mean BCE, logits (n, A) float32) of the current weights on the given rows."""
+        device = self.targets.device
+        self.probe.eval()
+        loss, logits = torch.zeros((), dtype=torch.float64, device=device), []
+        for part, x in self.source.chunks(chosen, self.chunk_rows):
+            out = self.probe(self.standardise(x))
+            y = self.targets[torch.from_numpy(part).to(device)]
+            loss += F.binary_cross_entropy_with_logits(out, y, reduction="sum").double()
+            logits.append(out.cpu())
+        return float(loss) / (len(chosen) * self.targets.shape[1]), torch.cat(logits).numpy()
+
+
+@dataclass
+class _Training:
+    """What the epochs leave: the history and the best epoch (lowest validation BCE) with its weights."""
+
+    history: list[dict] = field(default_factory=list)
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    best_val_logits: np.ndarray | None = None
+    train_s: float = 0.0
+    eval_s: float = 0.0
+
+
+def _train(fit: _Fit, rows: dict[str, np.ndarray], settings: ProbeSettings, notify: Progress) -> _Training:
+    """Epochs until `patience` of them pass without a lower validation BCE (or `epochs` run out)."""
+    batches = math.ceil(len(rows["train"]) / settings.batch_size)
+    run = _Training()
+    for epoch in range(1, settings.epochs + 1):
+        notify("epoch", epoch=epoch, batches=batches)
+        began = time.perf_counter()
+        rng = probe_epoch_rng(settings.seed, epoch)
+        train_loss = fit.train_epoch(rows["train"], rng, epoch, batches, notify)
+        run.train_s += time.perf_counter() - began
+
+        began = time.perf_counter()
+        val_loss, val_logits = fit.evaluate(rows["val"])
+        run.eval_s += time.perf_counter() - began
+        if not math.isfinite(val_loss):
+            raise ValueError(f"the probe diverged: validation loss {val_loss} after epoch {epoch} "
+                             f"(try a smaller learning rate than {settings.lr})")
+        run.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+        improved = val_loss < run.best_loss
+        if improved:
+            run.best_loss, run.best_epoch, run.best_val_logits = val_loss, epoch, val_logits
+            run.best_state = {k: v.detach().clone() for k, v in fit.probe.state_dict().items()}
+        notify("epoch_end", epoch=epoch, train_loss=train_loss, val_loss=val_loss, best_epoch=run.best_epoch,
+               improved=improved)
+        if epoch - run.best_epoch >= settings.patience:
+            break
+    return run
+
+
 def fit_probe(features: Any, attributes: Any, splits: Any, settings: ProbeSettings,
               progress: Progress | None = None) -> ProbeResult:
     """Train the linear probe on the train rows, stop early on the val rows, evaluate on the test
@@ -393,84 +493,25 @@ def fit_probe(features: Any, attributes: Any, splits: Any, settings: ProbeSettin
     inv_std = torch.as_tensor(1.0 / moments.std(), dtype=torch.float32, device=device)
     source = _Rows(features, table, device, slab_rows, settings.batch_size)
     targets = torch.from_numpy(targets_np).to(device)
-    chunk_rows = max(1, EVAL_BYTES // (4 * dim))
-
-    def standardise(x: torch.Tensor) -> torch.Tensor:
-        # copy=True: the float32 in-memory table (or a float32 source) must never be changed in place.
-        return x.to(torch.float32, copy=True).sub_(mean).mul_(inv_std)
-
-    # Default torch Linear init (uniform +-1/sqrt(fan_in)), drawn from our own generator.
-    generator = torch.Generator().manual_seed(settings.seed)
-    probe = torch.nn.utils.skip_init(torch.nn.Linear, dim, targets_np.shape[1])
-    bound = 1.0 / math.sqrt(dim)
-    with torch.no_grad():
-        probe.weight.uniform_(-bound, bound, generator=generator)
-        probe.bias.uniform_(-bound, bound, generator=generator)
-    probe.to(device)
+    probe = _linear_probe(dim, targets_np.shape[1], settings.seed, device)
     optimizer = adamw(probe.parameters(), device, lr=settings.lr, weight_decay=settings.weight_decay)
-
-    @torch.no_grad()
-    def evaluate(chosen: np.ndarray) -> tuple[float, np.ndarray]:
-        """(mean BCE, logits (n, A) float32) of the current weights on the given rows."""
-        loss, logits = torch.zeros((), dtype=torch.float64, device=device), []
-        for part, x in source.chunks(chosen, chunk_rows):
-            out = probe(standardise(x))
-            y = targets[torch.from_numpy(part).to(device)]
-            loss += F.binary_cross_entropy_with_logits(out, y, reduction="sum").double()
-            logits.append(out.cpu())
-        return float(loss) / (len(chosen) * targets.shape[1]), torch.cat(logits).numpy()
-
-    batches = math.ceil(len(rows["train"]) / settings.batch_size)
-    history: list[dict] = []
-    best_loss, best_epoch, best_state, best_val_logits = math.inf, 0, None, None
-    train_s = eval_s = 0.0
-    for epoch in range(1, settings.epochs + 1):
-        notify("epoch", epoch=epoch, batches=batches)
-        began = time.perf_counter()
-        probe.train()
-        total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
-        rng = np.random.default_rng([settings.seed, epoch])
-        for done, (part, x) in enumerate(source.train_batches(rows["train"], rng), 1):
-            y = targets[torch.from_numpy(part).to(device)]
-            loss = F.binary_cross_entropy_with_logits(probe(standardise(x)), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach().double() * len(part)
-            notify("batch", epoch=epoch, done=done, total=batches)
-        train_loss = float(total) / len(rows["train"])
-        train_s += time.perf_counter() - began
-
-        began = time.perf_counter()
-        probe.eval()
-        val_loss, val_logits = evaluate(rows["val"])
-        eval_s += time.perf_counter() - began
-        if not math.isfinite(val_loss):
-            raise ValueError(f"the probe diverged: validation loss {val_loss} after epoch {epoch} "
-                             f"(try a smaller learning rate than {settings.lr})")
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
-        improved = val_loss < best_loss
-        if improved:
-            best_loss, best_epoch, best_val_logits = val_loss, epoch, val_logits
-            best_state = {k: v.detach().clone() for k, v in probe.state_dict().items()}
-        notify("epoch_end", epoch=epoch, train_loss=train_loss, val_loss=val_loss, best_epoch=best_epoch,
-               improved=improved)
-        if epoch - best_epoch >= settings.patience:
-            break
+    fit = _Fit(probe, optimizer, source, targets, mean, inv_std, chunk_rows=max(1, EVAL_BYTES // (4 * dim)))
+    run = _train(fit, rows, settings, notify)
 
     began = time.perf_counter()
+    best_state, best_val_logits = run.best_state, run.best_val_logits
     assert best_state is not None and best_val_logits is not None  # epochs >= 1 and every val_loss finite
     probe.load_state_dict(best_state)
     notify("test", rows=len(rows["test"]))
-    _, test_logits = evaluate(rows["test"])
+    _, test_logits = fit.evaluate(rows["test"])
     truth = {name: targets_np[rows[name]] for name in ("val", "test")}
     metrics = attribute_metrics(truth["test"], test_logits > 0, test_logits)
     val_metrics = attribute_metrics(truth["val"], best_val_logits > 0, best_val_logits)
-    eval_s += time.perf_counter() - began
+    eval_s = run.eval_s + time.perf_counter() - began
     return ProbeResult(
-        metrics=metrics, val_metrics=val_metrics, best_epoch=best_epoch, epochs_run=len(history),
-        history=history, seconds={"load": load_s, "stats": stats_s, "train": train_s, "eval": eval_s,
-                                   "stream_read": source.read_seconds},
+        metrics=metrics, val_metrics=val_metrics, best_epoch=run.best_epoch, epochs_run=len(run.history),
+        history=run.history, seconds={"load": load_s, "stats": stats_s, "train": run.train_s, "eval": eval_s,
+                                       "stream_read": source.read_seconds},
         rows={name: len(chosen) for name, chosen in rows.items()}, in_memory=in_memory, slab_rows=slab_rows,
         table_on_device=source.device_table is not None, test_rows=rows["test"], test_scores=test_logits,
         test_predictions=(test_logits > 0).astype(np.uint8),

@@ -24,7 +24,7 @@ from typing import Any
 from sendvae_cli.caches.h5rows import fingerprint
 from sendvae_cli.errors import UserError
 from sendvae_cli.io import write_result_json
-from sendvae_cli.eval.probe_features import FeatureRequest, check_labels, slug
+from sendvae_cli.eval.requests import FeatureRequest, check_labels, data_name, slug
 
 PROTOCOL = {
     "features": "vae: posterior mean at the probe resolution after ADM centre crop, flattened C*H*W; "
@@ -72,22 +72,17 @@ def _open_source(options: ProbeOptions, registry, resolution: int):
     return source
 
 
-def data_name(data: str) -> str:
-    """`celeba`, or the file or folder name of a CSV or path: for file names and titles."""
-    return Path(data).stem if data.endswith(".csv") else Path(data).name
-
-
 def encode_all(options: ProbeOptions, registry, dist, show: bool) -> list[dict[str, Any]]:
     """Every requested source's feature cache, encoded where missing; [{request, featurizer, path, ...}]."""
     import gc
 
-    from sendvae_cli.eval.probe_features import (cache_config, cache_path, encode_features, open_featurizer,
-                                                 probe_resolution, source_identity)
+    from sendvae_cli.eval.probe_features import cache_config, cache_path, encode_features, open_featurizer
+    from sendvae_cli.eval.requests import common_resolution, source_identity
     from sendvae_cli.progress import info
 
     cache_dir = Path(options.cache_dir or Path(options.out) / "features")
     batch_size = options.batch_size or (64 if dist.device.type == "cuda" else 16)
-    resolution = probe_resolution(options.requests, options.resolution)
+    resolution = common_resolution(options.requests, options.resolution)
     source = _open_source(options, registry, resolution)  # before any model: data errors come first
     identity = source_identity(source)
     entries = []
@@ -223,7 +218,7 @@ def chart(summary: dict[str, Any], path: Path) -> Path:
     return grouped_bars(path, title, [r["label"] for r in results], series, y_label="score")
 
 
-def render_table(summary: dict[str, Any]):
+def probe_table(summary: dict[str, Any]):
     from rich.table import Table
 
     rows = summary["results"][0]["rows"] if summary["results"] else {"train": 0, "val": 0, "test": 0}

@@ -1,6 +1,6 @@
 """What a probe is trained on: one feature vector per image, cached once per (features, images).
 
-A feature source is written on the command line as
+A feature source is written on the command line as (`requests.parse_request`)
 
     [LABEL=]REF               after --vae: any VAE `open_vae` reads (export folder, base name, .pt, diffusers)
     [LABEL=]vae:REF           the same, after --features
@@ -26,9 +26,7 @@ int8 (0 train, 1 val, 2 test); `rows` (N,) row identifiers; attributes `attribut
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,67 +38,13 @@ import torch
 from sendvae_cli.caches import encode_rows
 from sendvae_cli.caches.h5rows import ArraySpec, RowCache, fingerprint
 from sendvae_cli.data.source import SPLITS, ImageSource
-from sendvae_cli.distributed import Dist
+from sendvae_cli.distributed import Dist, autocast_for
 from sendvae_cli.errors import UserError
-from sendvae_cli.weights import weights_sha256
+from sendvae_cli.eval.requests import FeatureRequest, slug
+from sendvae_cli.provenance import weights_sha256
 
 FORMAT = "sendvae-probe-features"
 PRODUCER = "sendvae probe"
-KINDS = ("vae", "teacher")
-DEFAULT_RESOLUTION = 256
-
-
-#################################################################################
-#                        Parsing what the user asked for                        #
-#################################################################################
-
-
-@dataclass(frozen=True)
-class FeatureRequest:
-    kind: str  # "vae" or "teacher"
-    ref: str  # what follows the kind: a VAE reference or a teacher name
-    label: str  # the name in tables, charts and JSON
-    option: str  # the option it came from, for error messages
-
-
-def _default_label(kind: str, ref: str) -> str:
-    if kind == "teacher":
-        return f"teacher:{ref}"
-    path = Path(ref)
-    if "/" in ref or path.exists():
-        path = path.expanduser()
-        # train-vae writes RUN/export: the run folder's name says more than "export".
-        name = path.parent.name if path.name == "export" and path.parent.name else path.stem
-        return name or ref
-    return ref
-
-
-def parse_request(text: str, option: str) -> FeatureRequest:
-    """`[LABEL=]REF` after --vae, `[LABEL=]vae:REF` or `[LABEL=]teacher:NAME` after --features."""
-    label = None
-    head, sep, rest = text.partition("=")
-    # A label has no path separator or kind prefix, so "runs/lr=1e-4/export" stays a path.
-    if sep and head and "/" not in head and ":" not in head and rest:
-        label, text = head, rest
-    if option == "--vae":
-        kind, ref = "vae", text
-    else:
-        kind, sep, ref = text.partition(":")
-        if not sep or kind not in KINDS or not ref:
-            raise UserError(f"--features {text}: expected teacher:NAME or vae:REF (optionally LABEL=...)")
-    return FeatureRequest(kind, ref, label or _default_label(kind, ref), option)
-
-
-def check_labels(requests: list[FeatureRequest]) -> None:
-    seen: dict[str, FeatureRequest] = {}
-    for r in requests:
-        if r.label in seen:
-            raise UserError(f"{r.option} {r.ref}: label {r.label!r} is used twice; name them apart with LABEL=REF")
-        seen[r.label] = r
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "features"
 
 
 #################################################################################
@@ -123,30 +67,6 @@ class Featurizer:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.request.kind, "ref": self.request.ref, "label": self.request.label,
                 "dim": self.dim(self.resolution), "resolution": self.resolution, **self.identity}
-
-
-def trained_resolution(request: FeatureRequest) -> int | None:
-    """The resolution an exported VAE (or a train-vae run folder) was trained at, without building it."""
-    from sendvae_cli.vae.open import recorded_resolution
-
-    return recorded_resolution(request.ref) if request.kind == "vae" else None
-
-
-def probe_resolution(requests: list[FeatureRequest], given: int | None) -> int:
-    """--resolution, else the one resolution the exported VAEs were trained at, else 256.
-
-    Every source of one call is probed at one resolution: F1 figures of latents of different
-    sizes would not compare.
-    """
-    if given is not None:
-        return given
-    known = {r.ref: trained_resolution(r) for r in requests}
-    sizes = sorted({v for v in known.values() if v})
-    if len(sizes) > 1:
-        text = ", ".join(f"{ref} at {v} px" for ref, v in known.items() if v)
-        raise UserError(f"--resolution: the VAEs were trained at different resolutions ({text}); pass --resolution "
-                        f"to probe them all at one size")
-    return sizes[0] if sizes else DEFAULT_RESOLUTION
 
 
 def _vae_featurizer(request: FeatureRequest, registry, *, resolution: int, seed: int,
@@ -225,15 +145,6 @@ def check_attribute_source(source: ImageSource, data: str, num_images: int | Non
                         + ("; use more --num-images" if num_images else ""))
 
 
-def source_identity(source: ImageSource) -> dict[str, Any]:
-    """What decides a cache's rows, once per call (row order and annotation digests cost a pass)."""
-    return {
-        "source": source.describe(),
-        "row_order_sha256": source.row_order_sha256(),
-        "attributes": hashlib.sha256("\n".join(source.attribute_names).encode()).hexdigest(),
-    }
-
-
 def cache_config(featurizer: Featurizer, identity: dict[str, Any]) -> dict[str, Any]:
     return {
         "producer": PRODUCER,
@@ -263,7 +174,7 @@ def encode_features(source: ImageSource, featurizer: Featurizer, out: Path, conf
     precision = featurizer.precision
 
     def step(x: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
-        with encode_rows.autocast_for(dist.device, precision):
+        with autocast_for(dist.device, precision):
             features = featurizer.forward(x).float()
         if not torch.isfinite(features).all() or features.abs().max() > 65504:
             raise UserError(f"{featurizer.request.option} {featurizer.request.ref}: gave non-finite features (or "
@@ -297,7 +208,7 @@ def encode_features(source: ImageSource, featurizer: Featurizer, out: Path, conf
 
 
 @dataclass
-class FeatureCache:
+class ProbeFeatures:
     """A finished feature cache, open for reading (`features` stays on disk)."""
 
     path: Path
@@ -312,7 +223,7 @@ class FeatureCache:
         self.file.close()
 
 
-def open_feature_cache(path: Path) -> FeatureCache:
+def open_feature_cache(path: Path) -> ProbeFeatures:
     path = Path(path)
     try:
         f = h5py.File(path, "r")
@@ -322,5 +233,5 @@ def open_feature_cache(path: Path) -> FeatureCache:
     if attrs.get("format") != FORMAT or not attrs.get("complete", False):
         f.close()
         raise UserError(f"{path}: not a finished probe feature cache; delete it to encode again")
-    return FeatureCache(path, f, f["features"], f["attributes"][:], f["split"][:],
+    return ProbeFeatures(path, f, f["features"], f["attributes"][:], f["split"][:],
                         json.loads(attrs["attribute_names"]), attrs)

@@ -44,8 +44,9 @@ from sendvae_cli.caches.h5rows import ArraySpec, RowCache, fingerprint
 from sendvae_cli.errors import UserError, WeightsNotFound
 from sendvae_cli.eval.extractors import INCEPTION, metric_name
 from sendvae_cli.eval.frechet import Gaussian, Moments, frechet_distance
-from sendvae_cli.eval.image_quality import levels_to_model_range, psnr, ssim, to_levels
-from sendvae_cli.eval.probe_features import FeatureRequest, check_labels, slug
+from sendvae_cli.eval.image_quality import psnr, ssim
+from sendvae_cli.eval.requests import FeatureRequest, check_labels, slug
+from sendvae_cli.images import save_png, to_levels, to_model_range
 
 PRODUCER = "sendvae recon"
 FORMAT = "sendvae-recon-rows"
@@ -107,7 +108,7 @@ class Reconstructor:
 
 
 def open_reconstructor(request: FeatureRequest, registry, *, seed: int = 0, random_weights: bool = False) -> Reconstructor:
-    from sendvae_cli.weights import weights_sha256
+    from sendvae_cli.provenance import weights_sha256
     from sendvae_cli.vae.autoencoder import config_name
     from sendvae_cli.vae.open import open_frozen_vae
 
@@ -188,15 +189,42 @@ def encode_originals(source, extractor, out: Path, config: dict[str, Any], dist,
     return computed
 
 
+#################################################################################
+#                  What is measured on each (reconstruction, original)           #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class PairMetric:
+    """A figure measured on every (reconstruction, original) pair, cached as one row per image."""
+
+    key: str  # its array in the recon cache
+    spec: ArraySpec
+    measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # levels (B, 3, H, W) twice -> (B, ...) rows
+
+
+def pair_metrics(extractor, lpips) -> list[PairMetric]:
+    """The recon cache's arrays, in their order: each row's checksum runs over them in this order."""
+    metrics = [
+        PairMetric("mse", ArraySpec((), "float64"), lambda r, o: (r - o).pow(2).mean(dim=(1, 2, 3))),
+        PairMetric("psnr", ArraySpec((), "float64"), psnr),
+        PairMetric("ssim", ArraySpec((), "float64"), ssim),
+        # rFD's half: the Fréchet distance to the originals' features is taken over all rows at the end.
+        PairMetric("features", ArraySpec((extractor.dim,), "float32"),
+                   lambda r, o: extractor(_to_uint8(r))[0].float()),
+    ]
+    if lpips is not None:
+        metrics.append(PairMetric("lpips", ArraySpec((), "float32"),
+                                  lambda r, o: lpips(to_model_range(r), to_model_range(o)).float()))
+    return metrics
+
+
 def encode_reconstructions(source, rec: Reconstructor, extractor, lpips, out: Path, config: dict[str, Any], dist, *,
                            batch_size: int, workers: int, block_rows: int, show: bool) -> int:
     from sendvae_cli import __version__
 
-    arrays = {"mse": ArraySpec((), "float64"), "psnr": ArraySpec((), "float64"), "ssim": ArraySpec((), "float64"),
-              "features": ArraySpec((extractor.dim,), "float32")}
-    if lpips is not None:
-        arrays["lpips"] = ArraySpec((), "float32")
-    cache = RowCache(out, len(source), arrays, config, block_rows=block_rows)
+    metrics = pair_metrics(extractor, lpips)
+    cache = RowCache(out, len(source), {m.key: m.spec for m in metrics}, config, block_rows=block_rows)
     if encode_rows.already_complete(cache, dist, show=False):
         return 0
     encode_rows.prepare(cache, dist)
@@ -211,11 +239,7 @@ def encode_reconstructions(source, rec: Reconstructor, extractor, lpips, out: Pa
             raise UserError(f"{rec.request.option} {rec.request.ref}: reconstructs {tuple(x.shape[1:])} images as "
                             f"{tuple(recon.shape[1:])}")
         r, o = to_levels(recon), to_levels(x)
-        rows = {"mse": (r - o).pow(2).mean(dim=(1, 2, 3)), "psnr": psnr(r, o), "ssim": ssim(r, o),
-                "features": extractor(_to_uint8(r))[0].float()}
-        if lpips is not None:
-            rows["lpips"] = lpips(levels_to_model_range(r), levels_to_model_range(o)).float()
-        return {k: v.cpu().numpy() for k, v in rows.items()}
+        return {m.key: m.measure(r, o).cpu().numpy() for m in metrics}
 
     computed = encode_rows.fill(cache, source, dist, step, batch_size=batch_size, workers=workers,
                                 label=f"reconstructions {rec.request.label}", show=show)
@@ -224,6 +248,11 @@ def encode_reconstructions(source, rec: Reconstructor, extractor, lpips, out: Pa
                                      "rows_kind": "reconstructions", "vae_ref": rec.request.ref,
                                      "weights_sha256": rec.identity.get("weights_sha256", "")}, show=False)
     return computed
+
+
+#################################################################################
+#                              Where the rows go                                #
+#################################################################################
 
 
 def cache_path(cache_dir: Path, data: str, resolution: int, kind: str, config: dict[str, Any]) -> Path:
@@ -255,37 +284,44 @@ def psnr_summary(values: np.ndarray) -> dict[str, Any]:
             "psnr_note": "identical" if exact == values.size else None}
 
 
+def mse_summary(values: np.ndarray) -> dict[str, Any]:
+    """Mean MSE, and the PSNR of that mean (None when every reconstruction is exact)."""
+    mean = float(np.mean(values))
+    return {"mse": mean, "psnr_of_mean_mse": 10.0 * math.log10(255.0 ** 2 / mean) if mean > 0 else None}
+
+
+# recon.json's figures, in its order (the table's columns first): a cached column -> its figures.
+# A column the cache lacks (LPIPS left out) is None.
+SUMMARIES: tuple[tuple[str, Callable[[np.ndarray | None], dict[str, Any]]], ...] = (
+    ("psnr", psnr_summary),
+    ("ssim", lambda values: {"ssim": float(np.mean(values))}),
+    ("lpips", lambda values: {"lpips": float(np.mean(values, dtype=np.float64)) if values is not None else None}),
+    ("mse", mse_summary),
+)
+
+
 def reduce_rows(path: Path, reference: Gaussian) -> dict[str, Any]:
     with h5py.File(path, "r") as f:
-        mse, values, ssim_values = f["mse"][:], f["psnr"][:], f["ssim"][:]
-        lpips_values = f["lpips"][:] if "lpips" in f else None
-    metrics = {**psnr_summary(values), "ssim": float(np.mean(ssim_values)),
-               "lpips": float(np.mean(lpips_values, dtype=np.float64)) if lpips_values is not None else None,
-               "mse": float(np.mean(mse)),
-               "psnr_of_mean_mse": (10.0 * math.log10(255.0 ** 2 / float(np.mean(mse)))
-                                    if float(np.mean(mse)) > 0 else None)}
+        columns = {key: f[key][:] if key in f else None for key, _ in SUMMARIES}
+    metrics: dict[str, Any] = {}
+    for key, summarise in SUMMARIES:
+        metrics.update(summarise(columns[key]))
     metrics["fd"] = frechet_distance(feature_gaussian(path), reference)
     return metrics
 
 
 def preview(source, rec: Reconstructor, device: torch.device, path: Path, count: int = PREVIEW_IMAGES) -> Path:
     """A PNG: the first `count` originals over their reconstructions."""
-    from PIL import Image
-
     count = min(count, len(source))
     originals = torch.stack([source[i][0] for i in range(count)])
     module = rec.module.to(device)
     with torch.inference_mode():
-        x = originals.to(device).float().div(127.5).sub(1.0)
+        x = to_model_range(originals.to(device))
         recon = _to_uint8(to_levels(rec.reconstruct(x).float())).cpu()
     module.cpu()
     rows = [torch.cat(list(originals), dim=2), torch.cat(list(recon), dim=2)]  # (3, H, count * W) each
     grid = torch.cat(rows, dim=1).permute(1, 2, 0).contiguous().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(grid).save(tmp)
-    tmp.replace(path)
-    return path
+    return save_png(grid, path)
 
 
 #################################################################################
@@ -293,37 +329,20 @@ def preview(source, rec: Reconstructor, device: torch.device, path: Path, count:
 #################################################################################
 
 
-def run_recon(options: ReconOptions, registry, *, reconstructors: list[Reconstructor] | None = None,
-              extractor=None, lpips=None) -> dict[str, Any] | None:
-    """Encode, reconstruct, measure, compare; returns the summary written to OUT/recon.json (None on ranks > 0).
-
-    `reconstructors`, `extractor`, `lpips`: prepared ones (tests); by default they come from the options.
-    """
-    import gc
-
-    from sendvae_cli import __version__, distributed
+def _open_source(options: ReconOptions, registry, resolution: int):
     from sendvae_cli.data.open import open_images
-    from sendvae_cli.eval.extractors import open_extractor
-    from sendvae_cli.eval.probe import data_name
-    from sendvae_cli.eval.probe_features import probe_resolution, source_identity
-    from sendvae_cli.progress import info, warn
 
-    requests = [r.request for r in reconstructors] if reconstructors is not None else options.requests
-    if not requests:
-        raise UserError("--vae: missing; pass the VAE(s) to measure (repeat --vae to compare)")
-    check_labels(requests)
-    out = Path(options.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: exists and is not a folder")
-    dist = distributed.init(options.device)
-    show = dist.is_main and not options.quiet
-    resolution = probe_resolution(requests, options.resolution)
-    # Data errors come before any model is built.
     source = open_images(options.data, registry=registry, resolution=resolution, num_images=options.num_images,
                          seed=options.seed, strict=options.strict, root=str(options.root) if options.root else None)
     if len(source) < 2:
         raise UserError(f"DATA {options.data}: {len(source)} image(s); a Fréchet distance needs at least 2")
-    if reconstructors is None:  # check every VAE's geometry before the long part starts
+    return source
+
+
+def _open_reconstructors(options: ReconOptions, registry, requests: list[FeatureRequest],
+                         reconstructors: list[Reconstructor] | None, resolution: int) -> list[Reconstructor]:
+    """Every VAE, its geometry checked before the long part starts."""
+    if reconstructors is None:
         reconstructors = []
         for request in requests:
             rec = open_reconstructor(request, registry, seed=options.seed, random_weights=options.random_weights)
@@ -332,6 +351,14 @@ def run_recon(options: ReconOptions, registry, *, reconstructors: list[Reconstru
     else:
         for rec in reconstructors:
             check_resolution(rec, resolution)
+    return reconstructors
+
+
+def _open_measures(options: ReconOptions, registry, dist, extractor, lpips):
+    """The feature extractor and LPIPS (prepared ones are kept), with a warning where figures won't compare."""
+    from sendvae_cli.eval.extractors import open_extractor
+    from sendvae_cli.progress import warn
+
     if extractor is None:
         extractor = open_extractor(options.extractor, registry=registry, device=dist.device,
                                    inception_weights=options.inception_weights,
@@ -347,11 +374,19 @@ def run_recon(options: ReconOptions, registry, *, reconstructors: list[Reconstru
     elif not extractor.is_release and dist.is_main:
         warn(f"extractor {extractor.name}: not its release weights (sha256 {extractor.sha256[:12]}...); "
              f"rFID/rFD figures are not comparable with published ones")
+    return extractor, lpips
 
-    from sendvae_cli.weights import weights_sha256
 
-    lpips_sha = weights_sha256(lpips) if lpips is not None else None
-    cache_dir = Path(options.cache_dir or out / "cache")
+def _encode_all(options: ReconOptions, source, reconstructors: list[Reconstructor], extractor, lpips,
+                lpips_sha: str | None, dist, resolution: int) -> tuple[Path, list[tuple[Reconstructor, Path]]]:
+    """The originals' cache and each VAE's recon cache, encoded where missing: (originals, [(rec, path)])."""
+    import gc
+
+    from sendvae_cli.eval.requests import data_name, source_identity
+    from sendvae_cli.progress import info
+
+    show = dist.is_main and not options.quiet
+    cache_dir = Path(options.cache_dir or Path(options.out) / "cache")
     batch_size = options.batch_size or (32 if dist.device.type == "cuda" else 8)
     identity = source_identity(source)
     name = data_name(options.data)
@@ -374,37 +409,68 @@ def run_recon(options: ReconOptions, registry, *, reconstructors: list[Reconstru
              f"{path}" + (f" ({seconds:.1f} s)" if computed else ""), show)
         entries.append((rec, path))
         gc.collect()
+    return originals, entries
+
+
+def _result(out: Path, rec: Reconstructor, path: Path, originals: Path, reference: Gaussian, fd_key: str,
+            source, resolution: int, device: torch.device) -> dict[str, Any]:
+    """One VAE's OUT/results/LABEL.json (reused while its caches are the same) and its preview image."""
+    key = fingerprint({"rows": path.name, "originals": originals.name})
+    saved = out / "results" / f"{slug(rec.request.label)}.json"
+    image = out / "images" / f"{slug(rec.request.label)}.png"
+    record, fresh = None, False
+    if saved.is_file():
+        try:
+            old = json.loads(saved.read_text())
+        except ValueError:
+            old = {}
+        if old.get("key") == key:
+            record = old
+    if record is None:
+        metrics = reduce_rows(path, reference)
+        metrics[fd_key] = metrics.pop("fd")
+        c, h, w = rec.latent_shape(resolution)
+        record = {"key": key, "label": rec.request.label, "ref": rec.request.ref, "vae": rec.identity,
+                  "latent_shape": [c, h, w], "images": len(source), "cache": str(path), "metrics": metrics}
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        write_result_json(saved, record, default=float)
+        fresh = True
+    if fresh or not image.is_file():
+        preview(source, rec, device, image)
+    return record
+
+
+def run_recon(options: ReconOptions, registry, *, reconstructors: list[Reconstructor] | None = None,
+              extractor=None, lpips=None) -> dict[str, Any] | None:
+    """Encode, reconstruct, measure, compare; returns the summary written to OUT/recon.json (None on ranks > 0).
+
+    `reconstructors`, `extractor`, `lpips`: prepared ones (tests); by default they come from the options.
+    """
+    from sendvae_cli import __version__, distributed
+    from sendvae_cli.eval.requests import common_resolution
+    from sendvae_cli.provenance import weights_sha256
+
+    requests = [r.request for r in reconstructors] if reconstructors is not None else options.requests
+    if not requests:
+        raise UserError("--vae: missing; pass the VAE(s) to measure (repeat --vae to compare)")
+    check_labels(requests)
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    dist = distributed.init(options.device)
+    resolution = common_resolution(requests, options.resolution)
+    source = _open_source(options, registry, resolution)  # data errors come before any model is built
+    reconstructors = _open_reconstructors(options, registry, requests, reconstructors, resolution)
+    extractor, lpips = _open_measures(options, registry, dist, extractor, lpips)
+    lpips_sha = weights_sha256(lpips) if lpips is not None else None
+    originals, entries = _encode_all(options, source, reconstructors, extractor, lpips, lpips_sha, dist, resolution)
     if not dist.is_main:
         return None
 
     reference = feature_gaussian(originals)
     fd_key = "rfid" if extractor.name == INCEPTION else "rfd"
-    results = []
-    for rec, path in entries:
-        key = fingerprint({"rows": path.name, "originals": originals.name})
-        saved = out / "results" / f"{slug(rec.request.label)}.json"
-        image = out / "images" / f"{slug(rec.request.label)}.png"
-        record, fresh = None, False
-        if saved.is_file():
-            try:
-                old = json.loads(saved.read_text())
-            except ValueError:
-                old = {}
-            if old.get("key") == key:
-                record = old
-        if record is None:
-            metrics = reduce_rows(path, reference)
-            metrics[fd_key] = metrics.pop("fd")
-            c, h, w = rec.latent_shape(resolution)
-            record = {"key": key, "label": rec.request.label, "ref": rec.request.ref, "vae": rec.identity,
-                      "latent_shape": [c, h, w], "images": len(source), "cache": str(path), "metrics": metrics}
-            saved.parent.mkdir(parents=True, exist_ok=True)
-            write_result_json(saved, record, default=float)
-            fresh = True
-        if fresh or not image.is_file():
-            preview(source, rec, dist.device, image)
-        results.append(record)
-
+    results = [_result(out, rec, path, originals, reference, fd_key, source, resolution, dist.device)
+               for rec, path in entries]
     summary = {
         "producer": f"sendvae {__version__} recon",
         "data": options.data,
@@ -435,7 +501,7 @@ def _show(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def render_table(summary: dict[str, Any]):
+def recon_table(summary: dict[str, Any]):
     from rich.table import Table
 
     fd_name = summary["fd_name"]

@@ -144,8 +144,8 @@ def evaluate(vae: torch.nn.Module, held: HeldOut) -> dict[str, Any] | None:
     `vae` is an AutoencoderKL (encode -> posterior with `.mean`, decode); it is put in eval mode
     for the evaluation and given back in the mode it had.
     """
-    from sendvae_cli.data.source import to_model_range
-    from sendvae_cli.eval.image_quality import psnr, ssim, to_levels
+    from sendvae_cli.eval.image_quality import psnr, ssim
+    from sendvae_cli.images import to_levels, to_model_range
 
     started = time.perf_counter()
     was_training = vae.training
@@ -227,14 +227,14 @@ def run_eval_vae(requests, options: EvalOptions, registry, *, resolution: int | 
                  json_out=None, quiet: bool = False) -> dict[str, Any] | None:
     """The row of each VAE on one held-out set; the summary on rank 0 (None on the others)."""
     from sendvae_cli import __version__, distributed
-    from sendvae_cli.eval.probe_features import probe_resolution
+    from sendvae_cli.eval.requests import common_resolution
     from sendvae_cli.io import write_result_json
     from sendvae_cli.progress import info, warn
     from sendvae_cli.vae.open import open_frozen_vae
 
     dist = distributed.init(device)
     show = dist.is_main and not quiet
-    resolution = probe_resolution(requests, resolution)
+    resolution = common_resolution(requests, resolution)
     open_held_out_images(options, registry, resolution)  # data errors come before any model is built
     vaes = []
     for request in requests:

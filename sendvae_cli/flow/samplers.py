@@ -1,7 +1,7 @@
 """Samplers for the linear flow: Euler / Heun ODE and Euler-Maruyama SDE, with CFG on an interval.
 
-Conventions (DESIGN.md section 5): t = 0 is data, t = 1 is noise, x_t = (1 - t) x + t eps and the model
-predicts v = eps - x. Sampling integrates t from 1 down to 0.
+Conventions (docs/sit.md): t = 0 is data, t = 1 is noise, x_t = (1 - t) x + t eps and the model predicts
+v = eps - x. Sampling integrates t from 1 down to 0.
 
 The samplers follow the protocol of REPA / REPA-E's sampling code step for step, because published FIDs
 depend on it (ODE vs SDE alone moves FID by more than a point):

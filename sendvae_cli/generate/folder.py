@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from sendvae_cli.errors import UserError
-from sendvae_cli.io import write_errors, write_json_atomic
+from sendvae_cli.io import remove_stale_temporaries, write_errors, write_json_atomic
 
 FORMAT = "sendvae-samples"
 FORMAT_VERSION = 1
@@ -130,7 +130,8 @@ class SampleFolder:
             yield from pool.map(self.read_png, range(start, min(start + chunk, self.count)))
 
     def tidy(self) -> None:
-        """Remove half-written PNGs left by a killed run."""
+        """Remove half-written PNGs and .npz left by a killed run."""
+        remove_stale_temporaries(self.npz.parent, self.npz.name)
         if self.images.is_dir():
             for tmp in self.images.glob("*/*.tmp.png"):
                 tmp.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from sendvae_cli.io import atomic_file, write_errors
+from sendvae_cli.images import save_png
 
 
 def grid_classes(rows: int, num_classes: int) -> list[int]:
@@ -38,8 +38,4 @@ def save_grid(path: Path, images: np.ndarray, row_labels: Sequence[str], columns
         draw.text((pad, top + max(0, h // 2 - 6)), text, fill="black", font=font)
         for c in range(columns):
             canvas.paste(Image.fromarray(images[r * columns + c]), (margin + pad + c * (w + pad), top))
-    with write_errors(path.parent):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        canvas.save(tmp, format="PNG")
-    return path
+    return save_png(canvas, path)

@@ -11,25 +11,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from sendvae_cli.seeds import label_rng
+
 SCHEMES = ("balanced", "random")
-_LABEL_STREAM = 0x1AB31  # keeps the label stream apart from any other use of the seed
-
-
-def _rng(seed: int, purpose: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([_LABEL_STREAM, purpose, seed]))
 
 
 def balanced_labels(n: int, num_classes: int, seed: int) -> np.ndarray:
     per_class, remainder = divmod(n, num_classes)
-    extra = _rng(seed, 1).permutation(num_classes)[:remainder]
+    extra = label_rng(seed, 1).permutation(num_classes)[:remainder]
     counts = np.full(num_classes, per_class, dtype=np.int64)
     counts[extra] += 1
     labels = np.repeat(np.arange(num_classes, dtype=np.int64), counts)
-    return _rng(seed, 2).permutation(labels)
+    return label_rng(seed, 2).permutation(labels)
 
 
 def random_labels(n: int, num_classes: int, seed: int) -> np.ndarray:
-    return _rng(seed, 3).integers(0, num_classes, size=n, dtype=np.int64)
+    return label_rng(seed, 3).integers(0, num_classes, size=n, dtype=np.int64)
 
 
 def make_labels(scheme: str, n: int, num_classes: int, seed: int, class_id: int | None = None) -> np.ndarray | None:

@@ -10,16 +10,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
-_NOISE_STREAM = 0x5EED
-
-
-def sample_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for sample `index` of a run seeded `seed` (well mixed, no (seed, i) collisions)."""
-    state = np.random.SeedSequence([_NOISE_STREAM, seed, index]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+from sendvae_cli.seeds import sample_seed
 
 
 class SampleNoise:

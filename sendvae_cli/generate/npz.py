@@ -8,12 +8,13 @@ timestamp, so the same images give the same bytes. ZIP64 records allow files ove
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from sendvae_cli.io import atomic_file
 
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -27,9 +28,15 @@ def _member(name: str) -> zipfile.ZipInfo:
 
 def write_npz(path: Path, images: Iterable[np.ndarray], count: int, height: int, width: int,
               labels: np.ndarray | None = None) -> Path:
-    """Stream `count` uint8 (H, W, 3) images into PATH (via a temporary name, then renamed)."""
+    """Stream `count` uint8 (H, W, 3) images into PATH (via a temporary name, then renamed: `io.atomic_file`)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    with atomic_file(path) as tmp:
+        _write_images(tmp, images, count, height, width, labels)
+    return path
+
+
+def _write_images(tmp: Path, images: Iterable[np.ndarray], count: int, height: int, width: int,
+                  labels: np.ndarray | None) -> None:
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
               "shape": (count, height, width, 3)}
     written = 0
@@ -46,7 +53,3 @@ def write_npz(path: Path, images: Iterable[np.ndarray], count: int, height: int,
         if labels is not None:
             with archive.open(_member("arr_1.npy"), "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.ascontiguousarray(labels, dtype=np.int64), allow_pickle=False)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path

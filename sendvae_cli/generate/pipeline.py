@@ -29,6 +29,7 @@ from sendvae_cli.generate.labels import make_labels
 from sendvae_cli.generate.noise import SampleNoise
 from sendvae_cli.generate.npz import write_npz
 from sendvae_cli.generate.presets import PRECISIONS
+from sendvae_cli.images import to_uint8
 from sendvae_cli.io import write_errors
 from sendvae_cli.outcome import set_resume
 from sendvae_cli.progress import info, progress_bar
@@ -96,11 +97,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW -> uint8 NHWC (rounded to the nearest level)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 #################################################################################
@@ -176,6 +172,49 @@ def manifest_settings(settings: SampleSettings, gen: SamplingModel, device: torc
     return dict(sorted(s.items()))
 
 
+def _draw(drawer: Drawer, folder: SampleFolder, todo: list[int], labels, out: Path, count: int, dist, *,
+          batch_size: int, writers: int, done: int, show: bool) -> None:
+    """Draw this process's missing samples in batches, PNGs written by a pool of threads; on
+    SIGTERM / SIGINT the batch in hand is finished and written, then `Interrupted`."""
+    pending: list[Future] = []
+    drawn = 0
+    with stop_on_signals() as stop, ThreadPoolExecutor(max_workers=writers) as pool, \
+            progress_bar("sampling", count, completed=done, show=show and dist.is_main) as bar:
+        for start in range(0, len(todo), batch_size):
+            if stop.requested:  # the batch in hand was finished and is written below
+                break
+            indices = todo[start:start + batch_size]
+            images = drawer(indices, None if labels is None else labels[indices])
+            pending += [pool.submit(folder.write_png, i, image) for i, image in zip(indices, images)]
+            waited = time.perf_counter()
+            while len(pending) > 2 * batch_size:  # bound the images held in memory
+                pending.pop(0).result()
+            drawer.timing.write_wait_s += time.perf_counter() - waited
+            bar.advance(len(indices) * dist.world)
+            drawn += len(indices)
+        waited = time.perf_counter()
+        for future in pending:
+            future.result()
+        drawer.timing.write_wait_s += time.perf_counter() - waited
+    if stop.requested and drawn < len(todo):
+        raise Interrupted(f"--out {out}: {stop.name} received; stopped after {drawn} of the {len(todo)} samples "
+                          f"this process had left, the images written are kept. Rerun the same command to "
+                          f"continue", stop.signum)
+
+
+def _write_batch(folder: SampleFolder, out: Path, count: int, labels, writers: int) -> tuple[int, int]:
+    """Rank 0, once every PNG is there: the ADM .npz of them all; returns the image size."""
+    missing = folder.missing(range(count))
+    if missing:
+        raise UserError(f"--out {out}: {len(missing)} samples missing after the run (first: "
+                        f"{folder.png(missing[0])}); rerun the same command")
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        first = folder.read_png(0)
+        with write_errors(folder.npz, kept=f"the {count} PNGs are kept"):
+            write_npz(folder.npz, folder.read_all(pool), count, first.shape[0], first.shape[1], labels)
+    return first.shape[0], first.shape[1]
+
+
 def sample_to_folder(gen: SamplingModel, settings: SampleSettings, out: Path, dist, *, batch_size: int,
                      compile: bool = False, show: bool = True, writers: int = 4,
                      guard: Callable[[Path], AbstractContextManager] = lambda out: nullcontext()) -> dict[str, Any]:
@@ -211,47 +250,17 @@ def sample_to_folder(gen: SamplingModel, settings: SampleSettings, out: Path, di
         todo = folder.missing(range(dist.rank, settings.count, dist.world))
         done = settings.count - len(folder.missing(range(settings.count))) if dist.is_main else 0
         drawer = Drawer(gen, settings, dist.device, compile=compile)
-        pending: list[Future] = []
-        drawn = 0
-        with stop_on_signals() as stop, ThreadPoolExecutor(max_workers=writers) as pool, \
-                progress_bar("sampling", settings.count, completed=done, show=show and dist.is_main) as bar:
-            for start in range(0, len(todo), batch_size):
-                if stop.requested:  # the batch in hand was finished and is written below
-                    break
-                indices = todo[start:start + batch_size]
-                images = drawer(indices, None if labels is None else labels[indices])
-                pending += [pool.submit(folder.write_png, i, image) for i, image in zip(indices, images)]
-                waited = time.perf_counter()
-                while len(pending) > 2 * batch_size:  # bound the images held in memory
-                    pending.pop(0).result()
-                drawer.timing.write_wait_s += time.perf_counter() - waited
-                bar.advance(len(indices) * dist.world)
-                drawn += len(indices)
-            waited = time.perf_counter()
-            for future in pending:
-                future.result()
-            drawer.timing.write_wait_s += time.perf_counter() - waited
-        if stop.requested and drawn < len(todo):
-            raise Interrupted(f"--out {out}: {stop.name} received; stopped after {drawn} of the {len(todo)} samples "
-                              f"this process had left, the images written are kept. Rerun the same command to "
-                              f"continue", stop.signum)
+        _draw(drawer, folder, todo, labels, out, settings.count, dist, batch_size=batch_size, writers=writers,
+              done=done, show=show)
         dist.barrier()
 
         manifest = None
         if dist.is_main:
-            missing = folder.missing(range(settings.count))
-            if missing:
-                raise UserError(f"--out {out}: {len(missing)} samples missing after the run (first: "
-                                f"{folder.png(missing[0])}); rerun the same command")
             npz_start = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=writers) as pool:
-                first = folder.read_png(0)
-                with write_errors(folder.npz, kept=f"the {settings.count} PNGs are kept"):
-                    write_npz(folder.npz, folder.read_all(pool), settings.count, first.shape[0], first.shape[1],
-                              labels)
+            size = _write_batch(folder, out, settings.count, labels, writers)
             drawer.timing.npz_s = time.perf_counter() - npz_start
             folder.append_run(_run_record(drawer.timing, time.perf_counter() - began, dist, batch_size, len(todo)))
-            manifest = _manifest(described, settings, gen, status="complete", image_size=list(first.shape[:2]))
+            manifest = _manifest(described, settings, gen, status="complete", image_size=list(size))
             folder.write_manifest(manifest)
             info(f"{settings.count} images in {folder.images}, ADM batch {folder.npz}", show)
         dist.barrier()

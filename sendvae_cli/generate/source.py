@@ -15,17 +15,13 @@ checkpoint's `bn` buffers; the statistics beside the VAE's weights; REPA's SD-VA
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sendvae_cli.errors import UserError
 from sendvae_cli.generate.pipeline import SamplingModel
-from sendvae_cli.weights import file_sha256
+from sendvae_cli.provenance import file_sha256
 
-_RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")
 HUB_PREFIX = "hf:"
 
 
@@ -67,12 +63,6 @@ def hub_generator(ref: str) -> Path:
     raise UserError(f"MODEL {ref}: {repo} holds several checkpoints ({names}); name one as hf:{repo}/FILE")
 
 
-def _vae_digest(model: torch.nn.Module) -> str:
-    from sendvae_cli.weights import weights_sha256
-
-    return weights_sha256(model)
-
-
 def _holds_a_vae(path: Path) -> bool:
     from sendvae_cli.vae.formats import find_vae_state, read_tensor_file
 
@@ -100,18 +90,13 @@ def _not_a_generator(path: Path) -> UserError:
 
 def _open_recorded_vae(record: dict[str, Any], model_path: Path):
     """The VAE an export records, from its `source` (a name or path) and `weights` hint."""
-    from sendvae_cli.vae.open import open_vae
+    from sendvae_cli.vae.open import open_recorded_vae
 
     source = record.get("source")
     if not source:
         raise UserError(f"MODEL {model_path}: the export records no VAE location; pass --vae")
-    random_seed = _RANDOM_WEIGHTS.fullmatch(str(record.get("weights") or ""))
     try:
-        if random_seed:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(random_seed.group(1)))
-                return open_vae(str(source), random_weights=True)
-        return open_vae(str(source))
+        return open_recorded_vae(str(source), record.get("weights"))
     except UserError as error:
         raise UserError(f"MODEL {model_path}: cannot open the VAE it records ({source}): {error}; pass --vae") from None
 
@@ -120,8 +105,8 @@ def open_generator(model_path: Path, *, vae: str | None = None, latent_stats: Pa
                    force_vae: bool = False, build=None) -> SamplingModel:
     """`build(generator_name, arch) -> model` rebuilds plugin generators (the registry's); see load_generator_export."""
     from sendvae_cli.generators.export import load_generator_export, looks_like_generator
-    from sendvae_cli.vae.open import open_vae
     from sendvae_cli.vae.formats import read_latent_stats
+    from sendvae_cli.vae.open import match_vae, open_vae
 
     model_path = Path(model_path).expanduser()
     if not looks_like_generator(model_path):
@@ -135,9 +120,9 @@ def open_generator(model_path: Path, *, vae: str | None = None, latent_stats: Pa
     meta = loaded.meta or {}
 
     opened = open_vae(vae) if vae is not None else _open_recorded_vae(loaded.vae, model_path)
-    vae_sha = _vae_digest(opened.model)
-    recorded_sha = loaded.vae.get("sha256")
-    if recorded_sha and recorded_sha != vae_sha and not force_vae:
+    match = match_vae(opened, loaded.vae.get("sha256"))
+    vae_sha, recorded_sha = match.digest, match.recorded
+    if not match.same and not force_vae:
         raise UserError(f"--vae {vae or loaded.vae.get('source')}: weights sha256 {vae_sha[:12]}… differ from the VAE "
                         f"MODEL was trained on ({recorded_sha[:12]}…, {loaded.vae.get('source')}); pass that VAE, "
                         f"or --force-vae to decode with this one anyway")
@@ -172,7 +157,7 @@ def open_generator(model_path: Path, *, vae: str | None = None, latent_stats: Pa
         "model_latent_stats": stats_source,
         "vae_source": str(vae or loaded.vae.get("source")),
         "vae_sha256": vae_sha,
-        "vae_forced": bool(force_vae and recorded_sha and recorded_sha != vae_sha),
+        "vae_forced": bool(force_vae and not match.same),
     }
     return SamplingModel(model=loaded.model, num_classes=int(loaded.num_classes), latent_shape=(channels, size, size),
                      latent_mean=mean.float(), latent_std=std.float(), vae=opened.model, identity=identity)

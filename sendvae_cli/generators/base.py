@@ -1,7 +1,7 @@
 """The generator contract: what `train-sit`, `sample` and the training preview ask of a flow model.
 
 A generator is a torch module that predicts the velocity v = eps - x of the linear path
-x_t = (1 - t) x + t eps (t = 0 data, t = 1 noise; DESIGN.md section 5) for latents x, flow times t
+x_t = (1 - t) x + t eps (t = 0 data, t = 1 noise; docs/sit.md) for latents x, flow times t
 and class labels y. Built-in families (SiT, LightningDiT) and plugins subclass `FlowGenerator`;
 the trainer and the samplers use nothing but what is declared here, so a plugin that implements
 this class trains, exports, resumes and samples like a built-in one.

@@ -44,7 +44,8 @@ from sendvae_cli.errors import UserError
 from sendvae_cli.io import atomic_file, save_safetensors, save_torch
 from sendvae_cli.generators.sit import SiT
 from sendvae_cli.generators.sizes import sit_sizes
-from sendvae_cli.weights import file_sha256, key_mismatch
+from sendvae_cli.provenance import file_sha256
+from sendvae_cli.weights import key_mismatch
 
 FORMAT = "sendvae-generator"
 FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ Time convention: hustvl's code runs the path the other way round, s = 0 noise an
 x_s = s x + (1 - s) eps, and the network predicts u = x - eps. This module keeps their network
 as it is (so their checkpoints load with `load_state_dict` and no renaming, `feat_rope.*`
 buffers included) and converts at its boundary: `forward(x, t, y)` feeds the network s = 1 - t
-and returns v = -u, the velocity of DESIGN.md's convention.
+and returns v = -u, the velocity of the toolkit's convention (docs/sit.md).
 
 REPA is optional, as for SiT: with `projector_dims` the tokens after block `encoder_depth` go
 through one projector per teacher (module names `projectors.K.{0,2,4}`).
@@ -290,7 +290,7 @@ class LightningDiT(FlowGenerator):
         return 1 - (t.expand(x.shape[0]) if t.ndim == 0 else t)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Velocity v = eps - x (DESIGN.md's convention) at flow time t (0 data, 1 noise)."""
+        """Velocity v = eps - x (the convention of docs/sit.md) at flow time t (0 data, 1 noise)."""
         return -self.network(x, self._their_time(x, t), y)[0]
 
     def forward_with_projections(self, x: torch.Tensor, t: torch.Tensor,

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from sendvae_cli.teachers.base import Teacher
-from sendvae_cli.teachers.weights import hf_hint, is_unreachable, load_checked, read_state_dict, weights_not_found
+from sendvae_cli.weights import hf_hint, is_unreachable, load_checked, read_state_dict, weights_not_found
 
 # family -> (config class, model class, key prefix of the vision weights inside a bigger model)
 _CLASSES = {

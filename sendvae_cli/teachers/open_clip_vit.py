@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from sendvae_cli.teachers.base import CLIP_MEAN, CLIP_STD, Teacher
-from sendvae_cli.teachers.weights import (
+from sendvae_cli.weights import (
     hf_hint,
     is_unreachable,
     load_checked,

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from sendvae_cli.teachers.base import Teacher
-from sendvae_cli.teachers.weights import hf_hint, is_unreachable, load_checked, read_state_dict, weights_not_found
+from sendvae_cli.weights import hf_hint, is_unreachable, load_checked, read_state_dict, weights_not_found
 
 
 # DINOv2's own position-embedding interpolation offset (dinov2/models/vision_transformer.py).

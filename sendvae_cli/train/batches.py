@@ -12,6 +12,8 @@ from typing import Iterator
 
 import torch
 
+from sendvae_cli.seeds import epoch_seed
+
 
 class StreamBatchSampler(torch.utils.data.Sampler):
     def __init__(self, num_rows: int, micro_batch: int, world: int, rank: int, accumulation: int,
@@ -25,7 +27,7 @@ class StreamBatchSampler(torch.utils.data.Sampler):
     def permutation(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.n)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         return torch.randperm(self.n, generator=generator)
 
     def rows(self, start: int, count: int) -> list[int]:

@@ -1,56 +1,7 @@
 """The training loop every trainer shares: `run(trainer, out)`.
 
-What the loop does, in order:
-    distributed set-up (torchrun or one process) -> batch geometry (`split_batch`: the global batch
-    is kept by gradient accumulation whatever the number of processes; a micro-batch the user did
-    not give is chosen to fit them) -> the trainer's rows -> total steps
-    (--steps, or --epochs over the rows) -> OUT/config.json written or checked (rank 0 first) ->
-    the trainer's models, built under torch.manual_seed(seed) -> EMA -> resume from
-    OUT/checkpoints/latest -> the steps -> final checkpoint -> the trainer's export (rank 0);
-    all of it under the run folder's lock (one run per folder, see sendvae_cli/locks.py).
-One step:
-    for each micro-batch: torch.manual_seed(micro_batch_seed(seed, step, micro * world + rank)),
-        trainer.micro_step(...) (forward and backward of 1/accumulation of the loss);
-    NaN guard over every rank (nothing is updated, the last checkpoint stays good);
-    trainer.optimizer_step(...); EMA update; every log_every steps one metrics.jsonl row of the
-    window's mean losses, averaged over ranks; where trainer.evaluates(step), trainer.evaluate
-    (every rank) and its row, written once the evaluation is complete; every sample_every steps
-    trainer.sample (rank 0); every checkpoint_every steps an atomic checkpoint (weights +
-    optimizers + step + EMA).
-So a killed run resumes exactly, and N processes draw the same numbers as N accumulated
-micro-batches in one. An evaluation comes before the checkpoint of its step, so a checkpoint
-never exists without the evaluation row of its step: a kill during an evaluation resumes from an
-earlier checkpoint and redoes it. A resume at a step whose evaluation has no row (the evaluation
-was turned on or changed since) runs it first. Evaluations run under their own random state.
-Around the steps: the trackers of `cfg.tracker` (rank 0; train/trackers.py) receive each
-metrics row, each grid `trainer.sample` returns, and the resolved configuration. SIGTERM or
-SIGINT (sendvae_cli/stopping.py) lets the step in hand finish, saves it, and ends with
-`Interrupted` saying where the run stopped; a rerun says "continuing at step N of M". The first
-checkpoint a process writes prints its size and what fills it (train/checkpoint_size.py).
-
-A trainer plugs in by subclassing `Trainer` with a config that subclasses `TrainConfig` (a
-dataclass: its fields are what config.json records; `RUN_ONLY` names those that may change on a
-resume). It supplies:
-    rows()                      the Dataset the batches are drawn from (items are collated by the
-                                DataLoader and handed to micro_step as they come)
-    data_facts()                what identifies those rows, recorded in config.json
-    build(ctx) -> Parts         models (saved in each checkpoint, by name), optimizers (saved, by
-                                name), the module EMA follows; called seeded, before resuming
-    prepare(ctx)                optional, after resuming: DDP-wrap what needs it (ctx.dist.world > 1)
-                                and build what uses the wrapped modules (a loss holding them)
-    micro_step(batch, ctx)      forward + backward of one micro-batch; returns scalar loss terms
-    optimizer_step(ctx)         clip and step the optimizers; returns more metrics (grad_norm, ...)
-    batch_sampler(...), collate optional: the micro-batch index lists (default StreamBatchSampler) and
-                                the DataLoader's collate_fn (a module-level function)
-    describe(row)               optional: the progress line's text from a logged row
-    sample(step, ctx)           optional: a preview on rank 0
-    evaluates(step, total) / evaluate(step, ctx) / evaluated(row)  optional: is an evaluation due
-                                after `step` / run it (every rank; rank 0 returns its metrics row)
-                                / is this metrics.jsonl row one that evaluate returned
-    finished(step) / finish(step, ctx)  optional: is the output already there / write it (rank 0)
-    checkpointed(step, ctx)     optional: after each checkpoint (rank 0), e.g. refresh an export
-`StepContext` (ctx) gives the step, micro-batch index, accumulation, device, `autocast()` and
-`sync(module)` (no DDP all-reduce until the last micro-batch).
+What the loop does, in order, what one step does, and how a trainer plugs in (the `Trainer`
+hooks below) is specified in docs/architecture.md, "The training loop".
 """
 
 from __future__ import annotations
@@ -67,11 +18,12 @@ import torch
 from torch import nn
 
 from sendvae_cli import __version__, distributed
-from sendvae_cli.distributed import Dist
+from sendvae_cli.distributed import Dist, autocast_for
 from sendvae_cli.errors import UserError
 from sendvae_cli.locks import hold_output_lock
 from sendvae_cli.outcome import set_resume
 from sendvae_cli.progress import info, progress_bar
+from sendvae_cli.seeds import micro_batch_seed
 from sendvae_cli.stopping import Interrupted, ignore_stop_signals, stop_agreed, stop_on_signals
 from sendvae_cli.train.batches import StreamBatchSampler
 from sendvae_cli.train.checkpoint import Checkpoints
@@ -133,11 +85,6 @@ class TrainingDiverged(UserError):
     """A loss became NaN or infinite: stop, keep the last good checkpoint."""
 
 
-def micro_batch_seed(seed: int, step: int, micro: int) -> int:
-    """The seed of one micro-batch's random numbers: a function of its place in training only."""
-    return (seed * 2_654_435_761 + step * 40_503 + micro * 7_919 + 1) % (2**63 - 1)
-
-
 def total_steps(cfg: TrainConfig, num_rows: int) -> int:
     if cfg.steps:
         return int(cfg.steps)
@@ -192,13 +139,6 @@ def split_batch(batch_size: int, world: int, micro_batch: int, *, auto: bool,
     return BatchSplit(batch_size, world, chosen, share // chosen, note)
 
 
-def autocast_for(device: torch.device, precision: str):
-    """bf16 autocast when asked, or by default on CUDA; nothing on CPU by default."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
     """Clip to `max_norm` (0 = off) and return the norm before clipping (0 when off)."""
     return torch.nn.utils.clip_grad_norm_(parameters, max_norm) if max_norm > 0 else torch.zeros(())
@@ -238,6 +178,11 @@ class StepContext:
     def last_micro(self) -> bool:
         return self.micro == self.accumulation - 1
 
+    @property
+    def global_micro(self) -> int:
+        """The micro-batch's index over all processes: N processes draw what one accumulating N draws."""
+        return self.micro * self.dist.world + self.dist.rank
+
     def autocast(self):
         return autocast_for(self.device, self.cfg.precision)
 
@@ -274,6 +219,12 @@ class Trainer(ABC):
     def prepare(self, ctx: StepContext) -> None:
         """After resuming: DDP-wrap what needs it (when ctx.dist.world > 1), build what uses it."""
 
+    def seed_micro_batch(self, ctx: StepContext) -> None:
+        """Seed the random numbers of micro-batch ctx.micro of ctx.step, before `micro_step`: by
+        default torch's global generator (`seeds.micro_batch_seed`). A trainer that draws from its
+        own generator seeds that instead, so each micro-batch is seeded once."""
+        torch.manual_seed(micro_batch_seed(ctx.cfg.seed, ctx.step, ctx.global_micro))
+
     @abstractmethod
     def micro_step(self, batch, ctx: StepContext) -> Mapping[str, torch.Tensor]:
         ...
@@ -301,17 +252,17 @@ class Trainer(ABC):
         """Whether a metrics.jsonl row is one that `evaluate` returned."""
         return False
 
-    def finished(self, step: int) -> str | None:
+    def already_complete(self, step: int) -> str | None:
         """A message when the run's output already exists (then nothing is done), else None."""
         return None
 
-    def finish(self, step: int, ctx: StepContext) -> None:
+    def write_output(self, step: int, ctx: StepContext) -> None:
         """Write the run's output (rank 0, after the last checkpoint)."""
 
-    def checkpointed(self, step: int, ctx: StepContext) -> None:
+    def after_checkpoint(self, step: int, ctx: StepContext) -> None:
         """After each checkpoint is written (rank 0)."""
 
-    def result(self, step: int) -> dict[str, Any]:
+    def summary(self, step: int) -> dict[str, Any]:
         return {"steps": step}
 
 
@@ -347,7 +298,7 @@ def stop_loader_workers(batches) -> None:
 
 
 def run(trainer: Trainer, out: Path) -> dict[str, Any]:
-    """Train (or resume, or find finished) the run in `out`; see the module docstring.
+    """Train (or resume, or find finished) the run in `out`; see docs/architecture.md, "The training loop".
 
     Rank 0 holds the run folder's lock (`sendvae_cli.locks.hold_output_lock`) from the start, so a
     second run on the same folder stops at once, naming this one; temporaries a killed run left
@@ -360,22 +311,18 @@ def run(trainer: Trainer, out: Path) -> dict[str, Any]:
         return _run(trainer, out, dist, lock=lambda: held.enter_context(hold_output_lock(out)))
 
 
-def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
-    cfg = trainer.config
-    show = dist.is_main and not cfg.quiet
-    device = dist.device
+def _batch_geometry(cfg: TrainConfig, out: Path, dist: Dist, show: bool) -> int:
+    """Set cfg.micro_batch to what runs (config.json records it); returns the accumulation."""
     split = split_batch(cfg.batch_size, dist.world, cfg.micro_batch, auto=cfg.micro_batch_auto,
                         recorded=recorded_value(out, "micro_batch") if cfg.micro_batch_auto else None)
     if split.note:
         info(split.note, show)
-    cfg.micro_batch, accumulation = split.micro_batch, split.accumulation  # config.json records what runs
-    ctx = StepContext(cfg=cfg, dist=dist, out=out, accumulation=accumulation, total_steps=0)
+    cfg.micro_batch = split.micro_batch
+    return split.accumulation
 
-    rows = trainer.rows()
-    steps = total_steps(cfg, len(rows))
-    ctx.total_steps = steps
-    record = dict(cfg.record(), total_steps=steps, accumulation=accumulation, world_size=dist.world,
-                  **trainer.data_facts(), producer=f"sendvae {__version__}")
+
+def _prepare_folder(out: Path, record: dict[str, Any], cfg: TrainConfig, dist: Dist, lock) -> bool:
+    """Lock, create or check the run folder; True when it already held a run (a resume)."""
     # Rank 0 locks and creates or checks the folder first; the others check it only once
     # config.json is there (checking while rank 0 writes it would see a half-made folder).
     ignore = cfg.RUN_ONLY + cfg.RUN_FACTS
@@ -387,8 +334,13 @@ def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
     resumed = bool(distributed.main_first(dist, prepare))
     if not dist.is_main:
         prepare_run_dir(out, record, ignore=ignore, is_main=False, added=cfg.ADDED)
+    return resumed
 
-    # Models. Seeded so that a resumed run builds the same random parts before loading.
+
+def _build(trainer: Trainer, ctx: StepContext) -> tuple[Parts, EMA | None, dict[str, torch.nn.Module]]:
+    """The trainer's parts, EMA, and every module a checkpoint holds (by name)."""
+    cfg = ctx.cfg
+    # Seeded so that a resumed run builds the same random parts before loading.
     torch.manual_seed(cfg.seed)
     parts = trainer.build(ctx)
     ema = EMA(parts.ema_of, cfg.ema) if cfg.ema and parts.ema_of is not None else None
@@ -396,43 +348,37 @@ def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
     if ema is not None:
         modules["ema"] = ema.shadow
     ctx.ema = ema
+    return parts, ema, modules
 
-    checkpoints = Checkpoints(out / "checkpoints", keep=cfg.keep_checkpoints)
-    ctx.checkpoints = checkpoints
-    if dist.is_main:
-        checkpoints.remove_unfinished()
-    step = 0
+
+def _resume(checkpoints: Checkpoints, modules: dict[str, torch.nn.Module], parts: Parts) -> tuple[int, Path | None]:
+    """Load the latest checkpoint, if any, into the modules and optimizers: (its step, its path)."""
     latest = checkpoints.latest()
-    if latest is not None:
-        state = checkpoints.load(latest, modules)
-        for name, optimizer in parts.optimizers.items():
-            optimizer.load_state_dict(state[name])
-        step = int(state["step"])
-    ctx.step = step
-    set_resume(lambda: resume_note(checkpoints))
+    if latest is None:
+        return 0, None
+    state = checkpoints.load(latest, modules)
+    for name, optimizer in parts.optimizers.items():
+        optimizer.load_state_dict(state[name])
+    return int(state["step"]), latest
 
-    if step >= steps:
-        done = trainer.finished(step)
-        if done is not None:
-            info(done, show)
-            return trainer.result(step)
-    if latest is not None:
-        info(f"{out}: continuing at step {step} of {steps} (from {latest.name})", show)
-    elif resumed:
-        info(f"{out} has no checkpoint yet: starting from step 0", show)
 
-    trainer.prepare(ctx)
-    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=dist.is_main)
+def _batches(trainer: Trainer, rows, cfg: TrainConfig, dist: Dist, accumulation: int, step: int):
+    """The DataLoader's iterator over the micro-batches, from `step` on."""
     sampler = trainer.batch_sampler(len(rows), cfg.micro_batch, dist.world, dist.rank, accumulation,
                                     seed=cfg.seed, start_step=step)
     # The loader gets its own generator: creating its iterator must not draw from the global RNG,
     # whose state the checkpoint restores (else a resumed run would drift from an uninterrupted one).
     loader = torch.utils.data.DataLoader(rows, batch_sampler=sampler, num_workers=cfg.workers,
-                                         collate_fn=trainer.collate, pin_memory=device.type == "cuda",
+                                         collate_fn=trainer.collate, pin_memory=dist.device.type == "cuda",
                                          worker_init_fn=ignore_stop_signals,
                                          generator=torch.Generator().manual_seed(cfg.seed))
-    batches = iter(loader)
+    return iter(loader)
 
+
+def _saver(trainer: Trainer, ctx: StepContext, checkpoints: Checkpoints, modules: dict[str, torch.nn.Module],
+           parts: Parts, show: bool):
+    """save(step): a checkpoint (rank 0) and the trainer's after_checkpoint, then every rank waits."""
+    dist, cfg = ctx.dist, ctx.cfg
     sized = []  # the first checkpoint this process saves says how large one is and what takes the space
 
     def save(at_step: int) -> None:
@@ -443,9 +389,48 @@ def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
 
                 sized.append(saved)
                 info(describe_checkpoint(saved, cfg.keep_checkpoints), show)
-            trainer.checkpointed(at_step, ctx)
+            trainer.after_checkpoint(at_step, ctx)
         dist.barrier()
 
+    return save
+
+
+def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
+    cfg = trainer.config
+    show = dist.is_main and not cfg.quiet
+    accumulation = _batch_geometry(cfg, out, dist, show)
+    ctx = StepContext(cfg=cfg, dist=dist, out=out, accumulation=accumulation, total_steps=0)
+
+    rows = trainer.rows()
+    steps = total_steps(cfg, len(rows))
+    ctx.total_steps = steps
+    record = dict(cfg.record(), total_steps=steps, accumulation=accumulation, world_size=dist.world,
+                  **trainer.data_facts(), producer=f"sendvae {__version__}")
+    resumed = _prepare_folder(out, record, cfg, dist, lock)
+    parts, ema, modules = _build(trainer, ctx)
+
+    checkpoints = Checkpoints(out / "checkpoints", keep=cfg.keep_checkpoints)
+    ctx.checkpoints = checkpoints
+    if dist.is_main:
+        checkpoints.remove_unfinished()
+    step, latest = _resume(checkpoints, modules, parts)
+    ctx.step = step
+    set_resume(lambda: resume_note(checkpoints))
+
+    if step >= steps:
+        done = trainer.already_complete(step)
+        if done is not None:
+            info(done, show)
+            return trainer.summary(step)
+    if latest is not None:
+        info(f"{out}: continuing at step {step} of {steps} (from {latest.name})", show)
+    elif resumed:
+        info(f"{out} has no checkpoint yet: starting from step 0", show)
+
+    trainer.prepare(ctx)
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step, enabled=dist.is_main)
+    batches = _batches(trainer, rows, cfg, dist, accumulation, step)
+    save = _saver(trainer, ctx, checkpoints, modules, parts, show)
     tracker = open_trackers(cfg.tracker, out, record) if dist.is_main else Tracker()
     try:
         step = _steps(trainer, ctx, cfg, dist, batches, bar_start=step, steps=steps, save=save, metrics=metrics,
@@ -455,9 +440,9 @@ def _run(trainer: Trainer, out: Path, dist: Dist, lock) -> dict[str, Any]:
         stop_loader_workers(batches)
 
     if dist.is_main:
-        trainer.finish(step, ctx)
+        trainer.write_output(step, ctx)
     dist.barrier()
-    return trainer.result(step)
+    return trainer.summary(step)
 
 
 def _evaluate(trainer: Trainer, ctx: StepContext, step: int, metrics: MetricsLog, tracker: Tracker) -> None:
@@ -477,13 +462,38 @@ def _evaluation_missing(trainer: Trainer, step: int, steps: int, metrics: Metric
     return bool(distributed.share(dist, missing))
 
 
+def _train_step(trainer: Trainer, ctx: StepContext, batches, step: int, checkpoints: Checkpoints,
+                ema: EMA | None, parts: Parts) -> dict[str, float]:
+    """One optimizer step over `accumulation` micro-batches; the step's mean loss terms and metrics."""
+    dist, accumulation = ctx.dist, ctx.accumulation
+    sums: dict[str, float] = {}
+    for micro in range(accumulation):
+        ctx.micro = micro
+        batch = next(batches)
+        trainer.seed_micro_batch(ctx)
+        for key, value in trainer.micro_step(batch, ctx).items():
+            sums[key] = sums.get(key, 0.0) + float(value) / accumulation
+
+    # NaN guard: stop before the bad step touches the weights; the last checkpoint stays good.
+    finite = torch.tensor([1.0 if all(math.isfinite(v) for v in sums.values()) else 0.0], device=dist.device)
+    if dist.world > 1:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if finite.item() < 1:
+        bad = ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
+        raise TrainingDiverged(f"loss is not finite at step {step} ({bad}); stopped. The last good checkpoint "
+                               f"is {checkpoints.latest() or 'none'}; lower --lr or check the data")
+    sums.update(trainer.optimizer_step(ctx))
+    if ema is not None:
+        ema.update(parts.ema_of, step)
+    return sums
+
+
 def _steps(trainer: Trainer, ctx: StepContext, cfg: TrainConfig, dist: Dist, batches, *, bar_start: int, steps: int,
            save, metrics: MetricsLog, tracker: Tracker, checkpoints: Checkpoints, ema: EMA | None, parts: Parts,
            show: bool) -> int:
     """The steps from `bar_start` to `steps`; on SIGTERM / SIGINT the step in hand is finished,
     saved, and `Interrupted` says where the run stopped."""
     step = last_saved = bar_start
-    device, accumulation = dist.device, ctx.accumulation
     window: dict[str, float] = {}
     window_n, window_t0 = 0, time.perf_counter()
     if _evaluation_missing(trainer, step, steps, metrics, dist):
@@ -492,25 +502,7 @@ def _steps(trainer: Trainer, ctx: StepContext, cfg: TrainConfig, dist: Dist, bat
                                                  show=show) as bar:
         while step < steps:
             ctx.step = step
-            sums: dict[str, float] = {}
-            for micro in range(accumulation):
-                ctx.micro = micro
-                batch = next(batches)
-                torch.manual_seed(micro_batch_seed(cfg.seed, step, micro * dist.world + dist.rank))
-                for key, value in trainer.micro_step(batch, ctx).items():
-                    sums[key] = sums.get(key, 0.0) + float(value) / accumulation
-
-            # NaN guard: stop before the bad step touches the weights; the last checkpoint stays good.
-            finite = torch.tensor([1.0 if all(math.isfinite(v) for v in sums.values()) else 0.0], device=device)
-            if dist.world > 1:
-                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-            if finite.item() < 1:
-                bad = ", ".join(f"{k}={v:.4g}" for k, v in sums.items())
-                raise TrainingDiverged(f"loss is not finite at step {step} ({bad}); stopped. The last good checkpoint "
-                                       f"is {checkpoints.latest() or 'none'}; lower --lr or check the data")
-            sums.update(trainer.optimizer_step(ctx))
-            if ema is not None:
-                ema.update(parts.ema_of, step)
+            sums = _train_step(trainer, ctx, batches, step, checkpoints, ema, parts)
             step += 1
             ctx.step = step
             bar.advance(1)

@@ -14,14 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from sendvae_cli.io import atomic_file, write_errors
+from sendvae_cli.images import save_png, to_uint8
 
 TEXT_HEIGHT = 12  # pixels per line of text (PIL's built-in bitmap font is 11 high)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW -> uint8 NHWC."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def spread_rows(labels: Sequence[int], count: int) -> list[int]:
@@ -81,8 +76,5 @@ def save_grid(rows: list[torch.Tensor], path: Path, pad: int = 2, title: str = "
               captions: Sequence[str] = ()) -> np.ndarray:
     """Write the grid as a PNG (atomically) and return it, e.g. for a tracker."""
     grid = grid_image(rows, pad, title, captions)
-    with write_errors(path.parent):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+    save_png(grid, path)
     return grid

@@ -15,7 +15,7 @@ Everything random about a row is a function of its place in the stream of rows, 
 worker, batch size or number of processes:
   - the view (original / flipped) of stream position p: a hash of (seed, p);
   - eps, the flow noise and time, the label drop: drawn on the device from a generator seeded by
-    (seed, step, global micro-batch index) (see `micro_batch_generator`).
+    (seed, step, global micro-batch index) (see `micro_batch_generator`; every seed is in sendvae_cli/seeds.py).
 
 Rows of the latent cache are matched to the image source and to a feature cache by row id (the
 `rows` array every sendvae cache stores), so a cache made from a subset or another order of the
@@ -24,7 +24,6 @@ images still finds its own images; a row that cannot be found is an error, never
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import torch
 
 from sendvae_cli.caches.latent_dataset import LatentDataset
 from sendvae_cli.errors import UserError
+from sendvae_cli.seeds import sit_micro_batch_seed, view_bit
 from sendvae_cli.train.batches import StreamBatchSampler
 
 FLIP_MODES = ("auto", "random", "none")
@@ -84,7 +84,7 @@ def token_grid_message(latent_hw: Sequence[int], patch: int, grid: Sequence[int]
 
 
 @dataclass
-class FeatureCache:
+class TokenTargets:
     """An `extract` cache, checked and matched to latent rows; read lazily, once per process."""
 
     path: str
@@ -98,7 +98,7 @@ class FeatureCache:
 
     @classmethod
     def open(cls, path: Path, latent_rows: Sequence[str] | None, num_latent_rows: int,
-             teacher: str | None) -> "FeatureCache":
+             teacher: str | None) -> "TokenTargets":
         option = f"--teacher-features {path}"
         path = Path(path).expanduser()
         if not path.is_file():
@@ -150,11 +150,6 @@ class FeatureCache:
 #################################################################################
 
 
-def view_bit(seed: int, position: int) -> int:
-    """Original (0) or flipped (1) view of stream position `position`: a hash of (seed, position)."""
-    return hashlib.blake2b(f"view:{seed}:{position}".encode(), digest_size=1).digest()[0] & 1
-
-
 class SiTBatchSampler(StreamBatchSampler):
     """`StreamBatchSampler` whose micro-batches are lists of (row, view) pairs.
 
@@ -183,7 +178,7 @@ class SiTRows(torch.utils.data.Dataset):
     batched arrays; use `collate=keep_batch` in the DataLoader."""
 
     def __init__(self, latents: LatentDataset, *, images=None, image_index: np.ndarray | None = None,
-                 features: FeatureCache | None = None):
+                 features: TokenTargets | None = None):
         self.latents = latents
         self.images = images
         self.image_index = image_index
@@ -235,8 +230,7 @@ def micro_batch_generator(seed: int, step: int, micro: int, device: torch.device
 
     `micro` is the global micro-batch index (micro * world + rank), so N processes draw the same
     numbers as one process accumulating N micro-batches."""
-    digest = hashlib.blake2b(f"sit:{seed}:{step}:{micro}".encode(), digest_size=8).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return torch.Generator(device=device).manual_seed(sit_micro_batch_seed(seed, step, micro))
 
 
 class LatentNormalizer(torch.nn.Module):
@@ -275,7 +269,7 @@ class SiTData:
     stats_source: str
     flip: bool
     attrs: dict[str, Any]
-    features: FeatureCache | None = None
+    features: TokenTargets | None = None
     image_source: Any = None
 
     def describe(self) -> dict[str, Any]:
@@ -338,7 +332,7 @@ def open_sit_data(latents_path: Path, *, seed: int, flip: str = "auto", num_clas
             raise UserError("REPA needs teacher tokens: give --teacher-features FEATS.h5 (from `sendvae extract`) or "
                             "--images DATA (the images the cache was made from), or --proj-weight 0")
         if features is not None:
-            feature_cache = FeatureCache.open(Path(features), latent_rows, len(latents), teacher)
+            feature_cache = TokenTargets.open(Path(features), latent_rows, len(latents), teacher)
         else:
             image_source, image_index = open_image_rows(images, latents, latent_rows, registry, root=root)
 

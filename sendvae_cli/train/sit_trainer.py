@@ -14,7 +14,7 @@ One optimizer step (global batch G, kept on any number of processes by accumulat
     clip the gradient norm, AdamW step, EMA update.
 
 Everything random in a micro-batch (eps, t, noise, label drop) comes from one generator seeded by
-(seed, step, global micro-batch index) (`sit_data.micro_batch_generator`), the flip view from the
+(seed, step, global micro-batch index) (`seeds.sit_micro_batch_seed`), the flip view from the
 row's stream position, and the checkpoint holds the weights, EMA, optimizer and step: a killed run
 rerun with the same command ends bit-identical to an uninterrupted one (on CPU), and N processes
 draw exactly what one process accumulating N micro-batches draws.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +31,18 @@ import torch
 from torch import nn
 
 from sendvae_cli import __version__, distributed
+from sendvae_cli.distributed import autocast_for
 from sendvae_cli.errors import UserError
 from sendvae_cli.flow.loss import ShapeMismatch
 from sendvae_cli.generators.base import FlowGenerator
 from sendvae_cli.progress import info, warn
+from sendvae_cli.ranks import is_main, launch
+from sendvae_cli.seeds import preview_seed
 from sendvae_cli.specs import resolve_factory
 from sendvae_cli.teachers.base import TOKEN_STRIDE
 from sendvae_cli.train import loop
 from sendvae_cli.train.checkpoint import Checkpoints, unwrap
-from sendvae_cli.train.loop import Parts, StepContext, Trainer, autocast_for, clip_grad_norm
+from sendvae_cli.train.loop import Parts, StepContext, Trainer, clip_grad_norm
 from sendvae_cli.train.optim import adamw
 from sendvae_cli.train.sit_config import SiTTrainConfig
 from sendvae_cli.train.sit_data import keep_batch
@@ -66,7 +68,7 @@ def architecture_overrides(cfg: SiTTrainConfig, spec) -> dict[str, Any]:
     return given
 
 
-def build_model(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) -> FlowGenerator:
+def build_generator(cfg: SiTTrainConfig, registry, data, teacher_width: int | None) -> FlowGenerator:
     """The generator named by --model for this cache's latents, seeded: the data decides its input
     size, channels and classes, REPA adds one projector per teacher, explicit options the rest."""
     spec = registry.generator(cfg.model)
@@ -171,7 +173,7 @@ class TeacherTargets:
     def __call__(self, batch) -> torch.Tensor:
         if self.teacher is None:
             return batch["tokens"].to(self.device, non_blocking=True).float()
-        from sendvae_cli.data.source import to_model_range
+        from sendvae_cli.images import to_model_range
 
         images = to_model_range(batch["images"].to(self.device, non_blocking=True))
         with autocast_for(self.device, "auto"):
@@ -181,36 +183,30 @@ class TeacherTargets:
 def open_run_vae(cfg: SiTTrainConfig, data, registry, show: bool):
     """The VAE that decodes previews: --vae when given (refused unless it wrote the cache), else the
     one the cache records. None (previews off, with a warning) when the recorded one cannot be opened."""
-    from sendvae_cli.weights import weights_sha256
-    from sendvae_cli.vae.open import open_vae
+    from sendvae_cli.vae.open import match_vae, open_recorded_vae, open_vae
 
     attrs = data.attrs
     recorded = attrs.get("vae_weights_sha256")
     if cfg.vae:
         loaded = open_vae(cfg.vae, registry, weights=cfg.vae_weights)
-        digest = weights_sha256(loaded.model)
-        if recorded and digest != recorded:
+        match = match_vae(loaded, recorded)
+        if not match.same:
             raise UserError(f"--vae {cfg.vae}: LATENTS {cfg.data} was written by another VAE ({attrs.get('vae')!r}, "
-                            f"weights sha256 {recorded[:12]}…, this one {digest[:12]}…); pass the VAE that wrote it, "
-                            f"or cache again with `sendvae cache-latents`")
+                            f"weights sha256 {recorded[:12]}…, this one {match.digest[:12]}…); pass the VAE that wrote "
+                            f"it, or cache again with `sendvae cache-latents`")
         return loaded, cfg.vae
-    ref, weights = attrs.get("vae"), str(attrs.get("vae_weights") or "")
+    ref = attrs.get("vae")
     if not ref:
         if show:
             warn("the latent cache records no VAE: sample grids stay off (give --vae to decode them)")
         return None, None
     try:
-        if weights.startswith("random(seed="):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(weights[len("random(seed="):-1]))
-                loaded = open_vae(ref, registry, random_weights=True)
-        else:
-            loaded = open_vae(ref, registry)
+        loaded = open_recorded_vae(ref, attrs.get("vae_weights"), registry)
     except UserError as error:
         if show:
             warn(f"cannot open the cache's VAE {ref!r} ({error}); sample grids stay off (give --vae)")
         return None, None
-    if recorded and weights_sha256(loaded.model) != recorded:
+    if not match_vae(loaded, recorded).same:
         if show:
             warn(f"the VAE at {ref!r} is no longer the one that wrote the cache; sample grids stay off (give --vae)")
         return None, None
@@ -281,7 +277,7 @@ class Preview:
 
     def __init__(self, cfg, data, vae, normalizer, device):
         count = cfg.preview_count
-        g = torch.Generator().manual_seed(cfg.seed + 12_345)
+        g = torch.Generator().manual_seed(preview_seed(cfg.seed))
         self.noise = torch.randn((count, *data.latent_shape), generator=g).to(device)
         self.conditional = data.conditional
         self.labels = (torch.arange(count) % data.num_classes).to(device) if data.conditional else None
@@ -376,7 +372,7 @@ class SiTTrainer(Trainer):
         self.data = data
         # The generator is built once here, on the CPU, so that a model that does not fit the data
         # (or a mistyped option) is refused before the run folder is touched; build() moves it.
-        self.model = build_model(cfg, self.registry, data, self.teacher_width if self.repa else None)
+        self.model = build_generator(cfg, self.registry, data, self.teacher_width if self.repa else None)
         if self.repa:
             check_projection_grid(self.model, cfg, data, self.teacher_grid, self.teacher_where)
         if cfg.init:
@@ -384,7 +380,7 @@ class SiTTrainer(Trainer):
         self.check_attention()
         # The VAE that decodes the grids; a --vae that did not write the cache is refused here,
         # before the run folder is touched.
-        show = int(os.environ.get("RANK", "0")) == 0 and not cfg.quiet
+        show = is_main() and not cfg.quiet
         self.vae, self.vae_ref = open_run_vae(cfg, data, self.registry, show)
         return data.dataset
 
@@ -409,7 +405,7 @@ class SiTTrainer(Trainer):
 
         facts = dict(self.data.describe(), teacher=self.teacher_name if self.repa else None)
         if self.model.attention_backends:  # a model without a kernel choice records none
-            device = distributed.pick_device(self.config.device, int(os.environ.get("LOCAL_RANK", "0")))
+            device = distributed.pick_device(self.config.device, launch().local_rank)
             facts["attention_backend"] = resolve_backend(self.config.attention, device)
         return facts
 
@@ -446,12 +442,15 @@ class SiTTrainer(Trainer):
                         if self.vae is not None and ctx.dist.is_main else None)
 
     # -- one step ----------------------------------------------------------------------------
-    def micro_step(self, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+    def seed_micro_batch(self, ctx: StepContext) -> None:
+        """Everything random in a micro-batch comes from this one generator (a generator never
+        draws from torch's global one), so the loop's default seeding is not needed."""
         from sendvae_cli.train.sit_data import micro_batch_generator
 
-        device = ctx.device
-        generator = micro_batch_generator(self.config.seed, ctx.step, ctx.micro * ctx.dist.world + ctx.dist.rank,
-                                          device)
+        self.generator = micro_batch_generator(self.config.seed, ctx.step, ctx.global_micro, ctx.device)
+
+    def micro_step(self, batch, ctx: StepContext) -> dict[str, torch.Tensor]:
+        device, generator = ctx.device, self.generator
         mean = batch["mean"].to(device, non_blocking=True)
         std = batch["std"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
@@ -484,22 +483,22 @@ class SiTTrainer(Trainer):
                             self.out / "samples" / f"step-{step:06d}.png", step)
         return {"samples": grid}  # the trackers log it
 
-    def checkpointed(self, step: int, ctx: StepContext) -> None:
-        if step < ctx.total_steps:  # the last one is exported by finish()
-            self.finish(step, ctx)  # the export follows every checkpoint
+    def after_checkpoint(self, step: int, ctx: StepContext) -> None:
+        if step < ctx.total_steps:  # the last one is exported by write_output()
+            self.write_output(step, ctx)  # the export follows every checkpoint
 
-    def finished(self, step: int) -> str | None:
+    def already_complete(self, step: int) -> str | None:
         from sendvae_cli.generators.export import info_file
 
         if info_file(self.out / "export") is not None:
             return f"{self.out} is already complete ({step} steps, exported to {self.out / 'export'}); nothing to do"
         return None
 
-    def finish(self, step: int, ctx: StepContext) -> None:
+    def write_output(self, step: int, ctx: StepContext) -> None:
         shown = ctx.ema.shadow if ctx.ema is not None else self.model
         write_export(self.out / "export", shown, self.config, self.data, self.vae_ref, step)
 
-    def result(self, step: int) -> dict[str, Any]:
+    def summary(self, step: int) -> dict[str, Any]:
         return {"out": str(self.out), "steps": step, "export": str(self.out / "export")}
 
 

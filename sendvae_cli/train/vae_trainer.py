@@ -28,7 +28,7 @@ from torch import nn
 
 from sendvae_cli import __version__
 from sendvae_cli.data.open import open_images
-from sendvae_cli.data.source import to_model_range
+from sendvae_cli.images import to_model_range
 from sendvae_cli.errors import UserError
 from sendvae_cli.train import loop
 from sendvae_cli.train.checkpoint import unwrap
@@ -77,9 +77,9 @@ def _teacher_targets(cfg: VAETrainConfig, registry, source, device):
     """A callable (images, indices) -> teacher tokens, from a cache or the teacher itself."""
     spec = registry.teacher(cfg.teacher)
     if cfg.teacher_features:
-        from sendvae_cli.caches.features import TeacherFeatures
+        from sendvae_cli.caches.features import TeacherTokens
 
-        cache = TeacherFeatures(Path(cfg.teacher_features), source, teacher=spec.name)
+        cache = TeacherTokens(Path(cfg.teacher_features), source, teacher=spec.name)
         return (lambda images, indices: cache.rows(indices).to(device)), cache.width, cache.grid
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -164,7 +164,7 @@ class VAETrainer(loop.Trainer):
         return Parts(modules={"vae": vae, "mapper": mapper, "discriminator": self.discriminator},
                      optimizers={"optimizer": self.optimizer, "disc_optimizer": self.disc_optimizer}, ema_of=vae)
 
-    def finished(self, step: int) -> str | None:
+    def already_complete(self, step: int) -> str | None:
         if (self.export_dir / "vae.json").exists():
             return f"{self.out} is already complete ({step} steps, exported to {self.export_dir}); nothing to do"
         return None
@@ -272,7 +272,7 @@ class VAETrainer(loop.Trainer):
                            extra={"best": {"metric": key, "value": row[key], "step": step}})
             self.best = row[key]
 
-    def finish(self, step: int, ctx: StepContext) -> None:
+    def write_output(self, step: int, ctx: StepContext) -> None:
         from sendvae_cli.progress import info
 
         export_trained(_exported_vae(self.model, ctx), self.export_dir, self.source, self.config, self.loaded, step,
@@ -285,7 +285,7 @@ class VAETrainer(loop.Trainer):
                                 f"evaluation on {self.config.eval_data}")
             info(f"drew the evaluation curves in {chart}", ctx.dist.is_main and not self.config.quiet)
 
-    def result(self, step: int) -> dict[str, Any]:
+    def summary(self, step: int) -> dict[str, Any]:
         return {"out": str(self.out), "steps": step, "export": str(self.export_dir)}
 
 

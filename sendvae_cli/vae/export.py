@@ -31,9 +31,9 @@ from sendvae_cli.errors import UserError
 from sendvae_cli.io import (atomic_file, fsync_folder, remove_stale_temporaries, save_safetensors, temporary_sibling,
                             write_errors)
 from sendvae_cli.locks import hold_output_lock
-from sendvae_cli.weights import file_sha256
+from sendvae_cli.provenance import file_sha256
 from sendvae_cli.vae.autoencoder import AutoencoderKL, VAEConfig, config_name
-from sendvae_cli.vae.formats import LoadedVAE, build_model, check_fits, diffusers_config, ldm_to_diffusers
+from sendvae_cli.vae.formats import LoadedVAE, build_vae, check_fits, diffusers_config, ldm_to_diffusers
 
 FORMAT = "sendvae-vae"
 FORMAT_VERSION = 1
@@ -183,7 +183,7 @@ def load_exported(folder: Path, *, option: str = "--vae", verify: bool = True) -
     except Exception as error:  # noqa: BLE001
         raise UserError(f"{option} {weights}: not a readable safetensors file ({type(error).__name__}: {error})") from None
     check_fits(config, state, path=weights, what="the architecture in vae.json", option=option)
-    model = build_model(config, state, copy=False)
+    model = build_vae(config, state, copy=False)
     mean = std = None
     if info.get("latent_mean") is not None and info.get("latent_std") is not None:
         mean = torch.tensor(info["latent_mean"], dtype=torch.float32)

@@ -445,7 +445,7 @@ def check_fits(config: VAEConfig, state: Mapping[str, torch.Tensor], *, path: Pa
     raise UserError(f"{option} {path}: does not fit {what} {config.describe()}: {problem}{found}")
 
 
-def build_model(config: VAEConfig, state: Mapping[str, torch.Tensor] | None = None, *,
+def build_vae(config: VAEConfig, state: Mapping[str, torch.Tensor] | None = None, *,
                 copy: bool = True) -> AutoencoderKL:
     """AutoencoderKL(config) in float32, on CPU: randomly initialised, or holding `state`.
 
@@ -492,7 +492,7 @@ def load_weights_file(path: Path, *, config: VAEConfig | None = None, what: str 
         except ValueError as error:
             raise UserError(f"{option} {path}: cannot tell the VAE architecture from the tensors: {error}") from None
     check_fits(config, state, path=path, what=what, option=option)
-    model = build_model(config, state, copy=False)
+    model = build_vae(config, state, copy=False)
 
     mean = std = None
     stats_source = None
@@ -522,5 +522,5 @@ def load_weights_file(path: Path, *, config: VAEConfig | None = None, what: str 
 __all__ = [
     "LoadedVAE", "read_tensor_file", "find_vae_state", "detect_layout", "diffusers_to_ldm", "ldm_to_diffusers",
     "infer_config", "config_from_diffusers", "diffusers_config", "read_latent_stats", "find_stats_file",
-    "check_fits", "build_model", "summarise_keys", "load_weights_file",
+    "check_fits", "build_vae", "summarise_keys", "load_weights_file",
 ]

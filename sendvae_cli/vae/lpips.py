@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from sendvae_cli.errors import WeightsNotFound
-from sendvae_cli.weights import download, given_file, hub_checkpoints, load_exactly, packaged_file, read_state_dict
+from sendvae_cli.weights import WeightFile, hub_checkpoints, load_exactly, packaged_file, read_state_dict, resolve_file
 
 VGG_FILE = "vgg16-397923af.pth"
 VGG_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -35,6 +35,9 @@ LIN_FILE = "vgg.pth"
 LIN_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
 VGG_OPTION = "--lpips-vgg-weights"
 LIN_OPTION = "--lpips-lin-weights"
+LIN_PACKAGED = ("lpips", f"weights/v0.1/{LIN_FILE}")  # the copy the lpips PyPI package ships
+VGG_WEIGHTS = WeightFile(VGG_FILE, VGG_OPTION, url=VGG_URL, hash_prefix=VGG_SHA256_PREFIX)
+LIN_WEIGHTS = WeightFile(LIN_FILE, LIN_OPTION, url=LIN_URL, package=LIN_PACKAGED, package_first=True)
 
 # torchvision's VGG16 `features` up to relu5_3 (the last max-pool is never used): numbers are conv
 # widths, "M" a 2x2 max-pool. Building it here avoids allocating VGG's 120M-parameter classifier.
@@ -139,22 +142,14 @@ class LPIPS(nn.Module):
 # -- finding the weight files ------------------------------------------------------------------
 def packaged_lin_weights() -> Path | None:
     """`lpips/weights/v0.1/vgg.pth` of an installed lpips package, found without importing it."""
-    return packaged_file("lpips", f"weights/v0.1/{LIN_FILE}")
+    return packaged_file(*LIN_PACKAGED)
 
 
 def find_weights(vgg_weights: Path | str | None, lin_weights: Path | str | None) -> tuple[Path, Path]:
     """Both weight files, or one WeightsNotFound line naming every missing file and where it goes."""
     cache = hub_checkpoints()
-    vgg = given_file(vgg_weights, VGG_FILE, VGG_OPTION) if vgg_weights is not None else None
-    if vgg is None and (cache / VGG_FILE).is_file():
-        vgg = cache / VGG_FILE
-    lin = given_file(lin_weights, LIN_FILE, LIN_OPTION) if lin_weights is not None else None
-    if lin is None:
-        lin = packaged_lin_weights()
-    if lin is None and (cache / LIN_FILE).is_file():
-        lin = cache / LIN_FILE
-    vgg = vgg or download(VGG_URL, VGG_FILE, hash_prefix=VGG_SHA256_PREFIX)
-    lin = lin or download(LIN_URL, LIN_FILE)
+    vgg = resolve_file(VGG_WEIGHTS, vgg_weights)
+    lin = resolve_file(LIN_WEIGHTS, lin_weights)
     missing = []
     if vgg is None:
         missing.append(f"{VGG_FILE} (torchvision VGG16 ImageNet weights, {VGG_URL}): put it in {cache}/ or pass {VGG_OPTION} PATH")

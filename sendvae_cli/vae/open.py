@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from sendvae_cli.errors import UserError, WeightsNotFound
 from sendvae_cli.weights import hf_hint, is_unreachable
 from sendvae_cli.vae.autoencoder import VAE_CONFIGS, VAEConfig, config_name
 from sendvae_cli.vae.export import is_exported, load_exported
-from sendvae_cli.vae.formats import (DIFFUSERS_WEIGHT_NAMES, WEIGHT_SUFFIXES, LoadedVAE, summarise_keys, build_model,
+from sendvae_cli.vae.formats import (DIFFUSERS_WEIGHT_NAMES, WEIGHT_SUFFIXES, LoadedVAE, summarise_keys, build_vae,
                                      check_fits, config_from_diffusers, diffusers_to_ldm, find_vae_state,
                                      load_weights_file, read_tensor_file)
 
@@ -83,7 +85,7 @@ def load_diffusers_folder(folder: Path, *, config: VAEConfig | None = None, what
     if layout == "diffusers":
         state = diffusers_to_ldm(state)
     check_fits(config, state, path=weights, what=what, option=option)
-    model = build_model(config, state, copy=False)
+    model = build_vae(config, state, copy=False)
     mean = std = None
     if cfg.get("latents_mean") is not None and cfg.get("latents_std") is not None:
         mean = torch.tensor(cfg["latents_mean"], dtype=torch.float32).flatten()
@@ -207,6 +209,42 @@ def open_vae(ref: str | Path, registry: Any = None, *, weights: Path | None = No
     return spec.build(weights=weights, random_weights=random_weights)
 
 
+# --------------------------------------------------------------------------------------------
+#                      The VAE that wrote the latents (a cache, an export)
+# --------------------------------------------------------------------------------------------
+
+RANDOM_WEIGHTS = re.compile(r"random\(seed=(-?\d+)\)")  # how a cache or export records an untrained VAE
+
+
+def open_recorded_vae(ref: str, weights: str | None, registry: Any = None) -> LoadedVAE:
+    """The VAE a latent cache or a generator export records: `ref`, rebuilt under its seed when
+    its weights are recorded as random(seed=N) (the global random state is left as it was)."""
+    seed = RANDOM_WEIGHTS.fullmatch(str(weights or ""))
+    if seed:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed.group(1)))
+            return open_vae(ref, registry, random_weights=True)
+    return open_vae(ref, registry)
+
+
+@dataclass(frozen=True)
+class VAEMatch:
+    """Whether a VAE is the one that wrote some latents: its weights digest against the recorded one."""
+
+    digest: str  # this VAE's weights sha256 (`provenance.weights_sha256`)
+    recorded: str | None  # the one the latents record; None: nothing to compare with
+
+    @property
+    def same(self) -> bool:
+        return not self.recorded or self.digest == self.recorded
+
+
+def match_vae(loaded: LoadedVAE, recorded: str | None) -> VAEMatch:
+    """Is `loaded` the VAE whose weights sha256 the latents (or an export) record?"""
+    from sendvae_cli.provenance import weights_sha256
+
+    return VAEMatch(weights_sha256(loaded.model), recorded or None)
+
 
 def open_frozen_vae(ref: str | Path, registry: Any = None, *, seed: int = 0, random_weights: bool = False) -> LoadedVAE:
     """`open_vae` for evaluation: frozen, in eval mode; `random_weights` applies to base names only
@@ -239,7 +277,7 @@ def build_base(spec, *, weights: Path | None = None, random_weights: bool = Fals
     if weights is not None:
         loaded = open_path(Path(weights), config=config, what=what, option="--vae-weights")
     elif random_weights or not repo:
-        loaded = LoadedVAE(build_model(config), provenance={"format": "random-init", "weights": None,
+        loaded = LoadedVAE(build_vae(config), provenance={"format": "random-init", "weights": None,
                                                             "config": config_name(config), "latent_stats": None})
     else:
         files = list(spec.options.get("hub_files") or ()) or None

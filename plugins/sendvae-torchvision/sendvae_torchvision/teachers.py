@@ -23,9 +23,9 @@ from torch import nn
 
 from sendvae_cli.errors import UserError
 from sendvae_cli.teachers import Teacher
-from sendvae_cli.teachers.weights import load_checked
-from sendvae_cli.weights import file_sha256, hub_checkpoints, read_state_dict, strip_prefix, weights_not_found
-from sendvae_cli.weights import packaged_file as packaged_weight_file
+from sendvae_cli.provenance import file_sha256
+from sendvae_cli.weights import (WeightFile, hub_checkpoints, load_checked, read_state_dict, resolve_file, strip_prefix,
+                                 weights_not_found)
 
 # Keys of the ImageNet classifier, which a teacher does not use.
 HEAD_PREFIXES = {"mobilenet_v2": ("classifier.",), "resnet": ("fc.",)}
@@ -81,14 +81,10 @@ def backbone(spec, arch: Mapping[str, Any] | None = None) -> tuple[nn.Module, in
 
 # -- default weights lookup --------------------------------------------------------------------
 def default_weight_file(spec) -> Path | None:
-    name = spec.options["weights_file"]
-    path = hub_checkpoints() / name
-    if path.is_file():
-        return path
+    """The hub cache's copy, else the package's, else None: never downloaded (see the module docstring)."""
     package = spec.options.get("package")
-    if package:
-        return packaged_weight_file(package[0], package[1])
-    return None
+    file = WeightFile(spec.options["weights_file"], "--teacher-weights", package=tuple(package[:2]) if package else None)
+    return resolve_file(file)
 
 
 def check_hash(path: Path, name: str, teacher: str) -> None:

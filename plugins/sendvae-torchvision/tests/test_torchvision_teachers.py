@@ -17,6 +17,7 @@ sendvae_torchvision = pytest.importorskip(
     "sendvae_torchvision", reason="plugin not installed: pip install --no-deps -e plugins/sendvae-torchvision"
 )
 
+from sendvae_cli import weights  # noqa: E402
 from sendvae_cli.errors import UserError, WeightsNotFound  # noqa: E402
 from sendvae_cli.registry import Registry  # noqa: E402
 from sendvae_torchvision import TEACHERS, teachers  # noqa: E402
@@ -40,7 +41,7 @@ def empty_hub(tmp_path, monkeypatch):
 
 @pytest.fixture
 def no_package(monkeypatch):
-    monkeypatch.setattr(teachers, "packaged_weight_file", lambda package, path: None)
+    monkeypatch.setattr(weights, "packaged_file", lambda package, path: None)
 
 
 def fdet_file():
