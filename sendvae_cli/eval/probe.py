@@ -15,7 +15,6 @@ an interrupted comparison of several VAEs continues where it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 from sendvae_cli.caches.h5rows import fingerprint
 from sendvae_cli.errors import UserError
 from sendvae_cli.io import write_result_json
-from sendvae_cli.eval.requests import FeatureRequest, check_labels, data_name, slug
+from sendvae_cli.eval.requests import FeatureRequest, check_labels, data_name, saved_result, slug
 
 PROTOCOL = {
     "features": "vae: posterior mean at the probe resolution after ADM centre crop, flattened C*H*W; "
@@ -115,13 +114,9 @@ def probe_cache(entry: dict[str, Any], settings, results_dir: Path, show: bool) 
     request: FeatureRequest = entry["request"]
     key = fingerprint({"cache": entry["path"].name, "settings": settings.to_dict()})
     saved = results_dir / f"{slug(request.label)}.json"
-    if saved.is_file():
-        try:
-            old = json.loads(saved.read_text())
-        except ValueError:
-            old = {}
-        if old.get("key") == key:
-            return old
+    record = saved_result(saved, key)
+    if record is not None:
+        return record
     cache = open_feature_cache(entry["path"])
     try:
         with progress_bar(f"probe {request.label}", total=settings.epochs, unit="epoch", show=show) as bar:

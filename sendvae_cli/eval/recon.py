@@ -45,7 +45,7 @@ from sendvae_cli.errors import UserError, WeightsNotFound
 from sendvae_cli.eval.extractors import INCEPTION, metric_name
 from sendvae_cli.eval.frechet import Gaussian, Moments, frechet_distance
 from sendvae_cli.eval.image_quality import psnr, ssim
-from sendvae_cli.eval.requests import FeatureRequest, check_labels, slug
+from sendvae_cli.eval.requests import FeatureRequest, check_labels, saved_result, slug
 from sendvae_cli.images import save_png, to_levels, to_model_range
 
 PRODUCER = "sendvae recon"
@@ -418,14 +418,7 @@ def _result(out: Path, rec: Reconstructor, path: Path, originals: Path, referenc
     key = fingerprint({"rows": path.name, "originals": originals.name})
     saved = out / "results" / f"{slug(rec.request.label)}.json"
     image = out / "images" / f"{slug(rec.request.label)}.png"
-    record, fresh = None, False
-    if saved.is_file():
-        try:
-            old = json.loads(saved.read_text())
-        except ValueError:
-            old = {}
-        if old.get("key") == key:
-            record = old
+    record, fresh = saved_result(saved, key), False
     if record is None:
         metrics = reduce_rows(path, reference)
         metrics[fd_key] = metrics.pop("fd")

@@ -10,6 +10,7 @@ their options before any model is built.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,18 @@ def check_labels(requests: list[FeatureRequest]) -> None:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "features"
+
+
+def saved_result(path: Path, key: str) -> dict[str, Any] | None:
+    """The result saved at `path` if it was computed from the inputs `key` fingerprints; None when
+    it is missing, unreadable (a run killed while writing it) or made from other inputs."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return saved if saved.get("key") == key else None
 
 
 def data_name(data: str) -> str:
