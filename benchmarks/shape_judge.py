@@ -84,19 +84,26 @@ def predict(judge: Judge, images: torch.Tensor, batch: int = 256) -> tuple[torch
     return torch.cat(shapes), torch.cat(colours)
 
 
-def train_judge(out: Path, steps: int, images: int) -> Judge:
+def train_judge(out: Path, steps: int, images: int, seed: int = 0) -> Judge:
+    """The judge in `out`, trained there first if it is not (`seed`: its initialisation and batch
+    order; judges of other seeds read borderline images differently, so figures near a threshold
+    are worth reading with two)."""
     from safetensors.torch import load_file, save_file
 
     weights, report = out / "judge.safetensors", out / "judge.json"
     judge = Judge()
     if weights.is_file():
+        facts = json.loads(report.read_text())
+        if facts.get("seed", 0) != seed:
+            sys.exit(f"--out {out}: holds the judge of seed {facts.get('seed', 0)}, not {seed}; "
+                     f"give each --seed its own folder")
         judge.load_state_dict(load_file(str(weights)))
-        print(f"judge: {weights} ({json.loads(report.read_text())})")
+        print(f"judge: {weights} ({facts})")
         return judge.eval()
     x, shape, colour = shapes_rows(TRAIN_SEED, images)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(judge.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     for step in range(steps):
         rows = torch.randint(0, images, (64,), generator=generator)
         s, c = judge(x[rows])
@@ -107,7 +114,7 @@ def train_judge(out: Path, steps: int, images: int) -> Judge:
     judge.eval()
     x, shape, colour = shapes_rows(CHECK_SEED, 1000)
     s, c = predict(judge, x)
-    facts = {"steps": steps, "images": images, "check_rows": 1000,
+    facts = {"steps": steps, "images": images, "seed": seed, "check_rows": 1000,
              "shape_accuracy": round(float((s == shape).float().mean()), 4),
              "colour_accuracy": round(float((c == colour).float().mean()), 4)}
     out.mkdir(parents=True, exist_ok=True)
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recon-rows", type=int, default=256)
     p.add_argument("--steps", type=int, default=STEPS, help="judge training steps (batch 64)")
     p.add_argument("--images", type=int, default=IMAGES, help="real rows the judge trains on")
+    p.add_argument("--seed", type=int, default=0, help="the judge's training seed (one judge per --out)")
     p.add_argument("--regenerate", type=Path, nargs="*", default=[], help="train-sit runs or exports")
     p.add_argument("--latents", type=Path, help="the latent cache the --regenerate runs trained on")
     p.add_argument("--times", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.85, 1.0])
@@ -194,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in [*args.samples, *args.vae, *args.regenerate, *([args.latents] if args.regenerate else [])]:
         if not path.exists():
             p.error(f"{path}: no such file or folder")
-    judge = train_judge(args.out, args.steps, args.images)
+    judge = train_judge(args.out, args.steps, args.images, args.seed)
     scores = [score_samples(judge, path) for path in args.samples]
     scores += [score_vae(judge, path, args.recon_rows) for path in args.vae]
     scores += [score_regeneration(judge, run, args.latents, args.regenerate_rows, args.times, args.cfg)
