@@ -13,7 +13,7 @@
 #   SIT_STEPS=6000 scripts/main_job.sh  # then: the generator continues to 6,000 steps, and its
 #                                       # samples, grid and FD are made again
 #   OUT=runs/small VAE_STEPS=20 SIT_STEPS=20 NUM_SAMPLES=20 scripts/main_job.sh   # a quick check
-#   ALIGN_WEIGHT=0.3 OUT=runs/align-0.3 scripts/main_job.sh   # another alignment weight (docs/reproduce.md)
+#   ALIGN_WEIGHT=0.2 OUT=runs/align-0.2 scripts/main_job.sh   # another alignment weight (docs/reproduce.md)
 set -euo pipefail
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # every weight this job reads is local: never wait on the hub
 
@@ -26,8 +26,8 @@ TEACHER=${TEACHER:-tv-mobilenet-v2}
 VAE_PRECISION=${VAE_PRECISION:-fp32}
 VAE_STEPS=${VAE_STEPS:-1200}
 ALIGN_START=${ALIGN_START:-$((VAE_STEPS / 2))}
-ALIGN_WEIGHT=${ALIGN_WEIGHT:-0.15}  # half the tiny preset's 0.3: the hues stay (docs/reproduce.md)
-SIT_STEPS=${SIT_STEPS:-3700}
+ALIGN_WEIGHT=${ALIGN_WEIGHT:-}   # empty: the preset's 0.3
+SIT_STEPS=${SIT_STEPS:-3000}
 SIT_MODEL=${SIT_MODEL:-SiT-mini/4}  # /4: the 16x16 latent of the tiny preset's VAE -> 4x4 tokens, the teacher's grid
 NUM_IMAGES=${NUM_IMAGES:-2000}    # training rows (the first N of shapes)
 NUM_SAMPLES=${NUM_SAMPLES:-250}   # class-balanced samples for FD (50 per class)
@@ -103,7 +103,7 @@ step extract "$OUT/teacher.h5" \
 #    processes only take time from the step (5-7% of it).
 step train-vae "$OUT/vae/export" \
     $SENDVAE train-vae shapes --preset tiny --teacher "$TEACHER" --teacher-features "$OUT/teacher.h5" \
-    --lpips-weight 0 --num-images "$NUM_IMAGES" --steps "$VAE_STEPS" --align-start "$ALIGN_START" --align-weight "$ALIGN_WEIGHT" \
+    --lpips-weight 0 --num-images "$NUM_IMAGES" --steps "$VAE_STEPS" --align-start "$ALIGN_START" ${ALIGN_WEIGHT:+--align-weight "$ALIGN_WEIGHT"} \
     --precision "$VAE_PRECISION" --workers 0 --out "$OUT/vae"
 
 # 3. Its latents (posterior mean and std) of the training images, with whole-set statistics.
