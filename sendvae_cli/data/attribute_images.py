@@ -100,6 +100,28 @@ _WHITESPACE = b" \t\r\n\v\f"
 _BATCH_LINES = 8192  # fast-path rows gathered before one numpy conversion (bounds memory)
 
 
+def _fixed_width_values(line: bytes, name: bytes, width: int) -> bytes | None:
+    """The last `width` bytes of `line` when it is laid out as the official files are (the name,
+    then values two characters wide, `-1`, ` 1` or ` 0`, one separator apart); else None."""
+    region = line[-width:]
+    if (len(line) > width and line[:-width].strip() == name
+            and not region[2::3].translate(None, b" \t") and not region[0::3].translate(None, b" -")
+            and not region[1::3].translate(None, b"01")):
+        return region
+    return None
+
+
+def _token_values(rest: bytes, num_columns: int, fail) -> np.ndarray:
+    """The values after the image name with any spacing: '-1' -> '0', whitespace dropped, one byte
+    per value remains; `fail(problem)` makes the error."""
+    values = rest.replace(b"-1", b"0").translate(None, _WHITESPACE)
+    if len(values) != num_columns:
+        raise fail(f"expected {num_columns} values after the image name, found {len(rest.split())}")
+    if values.translate(None, b"01"):
+        raise fail("a value other than -1, 0 and 1")
+    return np.frombuffer(values, dtype=np.uint8) - ord("0")
+
+
 def read_sign_table(path: Path, names: Sequence[str], num_columns: int, *, header_lines: int,
                     prefix: str) -> np.ndarray:
     """Rows `names` of a table `image_name v1 v2 ...` with values in {-1, 0, 1}: (len(names), num_columns) uint8.
@@ -143,24 +165,15 @@ def read_sign_table(path: Path, names: Sequence[str], num_columns: int, *, heade
                 if i is None:
                     continue
                 filled[i] = True
-                region = line[-width:]
-                if (len(line) > width and line[:-width].strip() == match.group(1)
-                        and not region[2::3].translate(None, b" \t") and not region[0::3].translate(None, b" -")
-                        and not region[1::3].translate(None, b"01")):
+                region = _fixed_width_values(line, match.group(1), width)
+                if region is not None:
                     rows.append(i)
                     signs.append(region[0::3])
                     digits.append(region[1::3])
                     if len(rows) >= _BATCH_LINES:
                         flush()
                     continue
-                # Any other spacing: '-1' -> '0', drop whitespace, one byte per value remains.
-                values = line[match.end():].replace(b"-1", b"0").translate(None, _WHITESPACE)
-                if len(values) != num_columns:
-                    count = len(line[match.end():].split())
-                    raise fail(number, f"expected {num_columns} values after the image name, found {count}")
-                if values.translate(None, b"01"):
-                    raise fail(number, "a value other than -1, 0 and 1")
-                out[i] = np.frombuffer(values, dtype=np.uint8) - ord("0")
+                out[i] = _token_values(line[match.end():], num_columns, lambda problem: fail(number, problem))
             flush()
     except OSError as error:
         raise UserError(f"{prefix}: cannot read {path.name} ({type(error).__name__}: {error})") from None

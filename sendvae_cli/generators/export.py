@@ -386,6 +386,42 @@ def build_and_load(cls, arch: dict[str, Any], state: dict, device, *, where: str
     return model.to(device).eval()
 
 
+def _load_checkpoint(pt_path: Path, option: str) -> dict:
+    """A .pt file as a dict, loaded with weights_only=True (argparse.Namespace allowed: REPA's `args`)."""
+    if not pt_path.is_file():
+        raise UserError(f"{option} {pt_path}: no such file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(pt_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise UserError(f"{option} {pt_path}: not a checkpoint that loads with weights_only=True (tensors, plain "
+                        f"data and argparse.Namespace only): {type(error).__name__}: {str(error).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{option} {pt_path}: expected a dict with \"ema\"/\"model\" (a REPA/REPA-E checkpoint)")
+    return checkpoint
+
+
+def _repa_latent_stats(latent_stats, bn: dict, channels: int, where: str):
+    """(mean, std, where they came from) of a REPA checkpoint's latents: the given ones, else
+    REPA-E's `bn.*` buffers, else REPA's fixed SD-VAE scale for 4 channels, else none."""
+    source = None
+    mean, std = _split_stats(latent_stats)
+    if mean is not None:
+        source = "given"
+    elif "bn.running_mean" in bn and "bn.running_var" in bn:
+        mean, std = bn["bn.running_mean"].float(), bn["bn.running_var"].float().sqrt()
+        source = "REPA-E bn.running_mean / sqrt(bn.running_var)"
+    elif channels == 4:
+        mean, std = torch.zeros(4), torch.full((4,), 1 / SD_VAE_SCALE)
+        source = "assumed: REPA's SD-VAE scale 0.18215, bias 0"
+    mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).flatten()
+    std = None if std is None else torch.as_tensor(std, dtype=torch.float32).flatten()
+    for name, values in (("latent_mean", mean), ("latent_std", std)):
+        if values is not None and values.numel() != channels:
+            raise UserError(f"{where}: {name} has {values.numel()} values for {channels} latent channels")
+    return mean, std, source
+
+
 def import_repa_checkpoint(pt_path: Path, *, use_ema: bool = True, device: torch.device | str = "cpu",
                            generator: str | None = None, heads: int | None = None, encoder_depth: int | None = None,
                            latent_stats=None, option: str = "generator") -> LoadedGenerator:
@@ -400,16 +436,7 @@ def import_repa_checkpoint(pt_path: Path, *, use_ema: bool = True, device: torch
     SD-VAE), REPA's fixed scale: mean 0, std 1 / 0.18215; else none.
     """
     pt_path = Path(pt_path).expanduser()
-    if not pt_path.is_file():
-        raise UserError(f"{option} {pt_path}: no such file")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(pt_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        raise UserError(f"{option} {pt_path}: not a checkpoint that loads with weights_only=True (tensors, plain "
-                        f"data and argparse.Namespace only): {type(error).__name__}: {str(error).splitlines()[0]}") from None
-    if not isinstance(checkpoint, dict):
-        raise UserError(f"{option} {pt_path}: expected a dict with \"ema\"/\"model\" (a REPA/REPA-E checkpoint)")
+    checkpoint = _load_checkpoint(pt_path, option)
     state = _pick_state(checkpoint, use_ema)
     if state is None:
         raise UserError(f"{option} {pt_path}: holds no \"ema\" or \"model\" SiT state dict")
@@ -424,22 +451,7 @@ def import_repa_checkpoint(pt_path: Path, *, use_ema: bool = True, device: torch
     bn = {k: state.pop(k) for k in [k for k in state if k.startswith("bn.")]}
     arch = _arch_from_state(state, args, where=pt_path, option=option, heads=heads, encoder_depth=encoder_depth)
 
-    stats_source = None
-    mean, std = _split_stats(latent_stats)
-    if mean is not None:
-        stats_source = "given"
-    elif "bn.running_mean" in bn and "bn.running_var" in bn:
-        mean, std = bn["bn.running_mean"].float(), bn["bn.running_var"].float().sqrt()
-        stats_source = "REPA-E bn.running_mean / sqrt(bn.running_var)"
-    elif arch["in_channels"] == 4:
-        mean, std = torch.zeros(4), torch.full((4,), 1 / SD_VAE_SCALE)
-        stats_source = "assumed: REPA's SD-VAE scale 0.18215, bias 0"
-    mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float32).flatten()
-    std = None if std is None else torch.as_tensor(std, dtype=torch.float32).flatten()
-    for name, values in (("latent_mean", mean), ("latent_std", std)):
-        if values is not None and values.numel() != arch["in_channels"]:
-            raise UserError(f"{option} {pt_path}: {name} has {values.numel()} values for "
-                            f"{arch['in_channels']} latent channels")
+    mean, std, stats_source = _repa_latent_stats(latent_stats, bn, arch["in_channels"], f"{option} {pt_path}")
 
     model = build_and_load(SiT, arch, state, device, where=f"{option} {pt_path}")
 
