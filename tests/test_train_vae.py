@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -233,7 +234,8 @@ def test_nan_loss_stops_with_a_clear_message_and_writes_no_checkpoint(tmp_path):
 
 def test_torchrun_two_processes_train_like_one_with_accumulation(tmp_path):
     """DDP (2 ranks x micro-batch 2) and gradient accumulation (1 process x 2 x 2) see the same global batches."""
-    common = [a for a in TINY] + ["--steps", "3", "--micro-batch", "2", "--checkpoint-every", "3"]
+    # the last of the 3 steps trains the decoder alone: DDP then meets parameters without a gradient
+    common = [a for a in TINY] + ["--steps", "3", "--micro-batch", "2", "--checkpoint-every", "3", "--decoder-only", "0.34"]
     single = tmp_path / "single"
     run_cli("train-vae", *common, "--out", single)
     ddp = tmp_path / "ddp"
@@ -248,6 +250,37 @@ def test_torchrun_two_processes_train_like_one_with_accumulation(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3) for k in a)
     assert any(not torch.equal(a[k], load_file(str(single / "checkpoints" / "step-000003" / "weights.safetensors"))["vae." + k])
                for k in a) is False  # the export is the final VAE
+
+
+def test_decoder_only_phase_leaves_the_encoder_and_the_latent_as_they_were(tmp_path):
+    """--decoder-only 0.5 of 6 steps: steps 3-5 train the decoder alone, so the encoder, its
+    posterior and the mapper at step 6 are those of step 3, bit for bit, while the decoder moved;
+    its learning rate falls from --lr to lr / 3."""
+    from sendvae_cli.train.vae_config import PRESETS, VAETrainConfig
+    from sendvae_cli.train.vae_trainer import VAETrainer
+
+    out = tmp_path / "run"
+    run_cli("train-vae", *TINY, "--steps", "6", "--checkpoint-every", "3", "--decoder-only", "0.5", "--out", out)
+    before, after = (load_file(str(out / "checkpoints" / f"step-00000{s}" / "weights.safetensors")) for s in (3, 6))
+    fixed = [k for k in before if k.startswith(("vae.encoder.", "vae.quant_conv.", "mapper."))]
+    moving = [k for k in before if k.startswith(("vae.decoder.", "vae.post_quant_conv."))]
+    assert fixed and moving and len(fixed) + len(moving) == len([k for k in before if not k.startswith("discriminator.")])
+    assert all(torch.equal(before[k], after[k]) for k in fixed)
+    assert not any(torch.equal(before[k], after[k]) for k in moving if k.endswith(".weight"))
+    assert json.loads((out / "config.json").read_text())["decoder_only"] == 0.5
+    optimizer = torch.load(out / "checkpoints" / "step-000006" / "state.pt", weights_only=True)["optimizer"]
+    assert optimizer["param_groups"][0]["lr"] == pytest.approx(1e-3 / 3)
+
+    cfg = VAETrainConfig.from_flags("tiny", {}, data="shapes")
+    assert cfg.decoder_only == 0.2 and cfg.decoder_phase(1500) == 1200 and cfg.decoder_phase(4) == 4
+    assert VAETrainConfig.from_flags("paper", {}, data="shapes").decoder_phase(1500) == 1500
+    trainer = VAETrainer(cfg, None, tmp_path)
+    trainer.decoder_from = 1200
+    rates = [trainer.learning_rate(SimpleNamespace(step=s, total_steps=1500)) for s in (0, 1199, 1200, 1350, 1499)]
+    assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3 * 150 / 300, 1e-3 / 300])
+    assert PRESETS["paper"]["decoder_only"] == 0.0
+    proc = run_cli("train-vae", *TINY, "--decoder-only", "1", "--out", tmp_path / "bad", check=False)
+    assert proc.returncode == 2 and "--decoder-only 1: expected a share of the steps" in proc.stderr
 
 
 def test_mapper_width_flags_shape_the_mapper_and_bad_widths_are_one_line(tmp_path):

@@ -7,6 +7,7 @@ OUT/config.json (see `train/loop.py`), so a resume with other result-changing va
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -18,7 +19,7 @@ COMMON = {
     "grad_clip": 1.0, "align_weight": 1.0, "align_start": 0, "mapper_depth": 1, "mapper_patch": None, "mapper_width": None,
     "mapper_hidden": 2048, "noise": True, "logvar_init": None,
     "recon": "l1", "recon_weight": 1.0, "lpips_weight": 1.0, "kl_weight": 1e-6, "gan_weight": 0.1,
-    "disc_start": 0, "disc_lr": 1e-4, "ema": 0.0, "precision": "auto", "keep_checkpoints": 2,
+    "disc_start": 0, "disc_lr": 1e-4, "ema": 0.0, "decoder_only": 0.0, "precision": "auto", "keep_checkpoints": 2,
     "steps": None, "epochs": None, "eval_probe_epochs": 200,
 }
 PRESETS: dict[str, dict[str, Any]] = {
@@ -31,15 +32,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # scratch it helps only once the decoder draws the shapes). What makes it learn in CPU minutes:
     # batches of 8 (twice the updates of 16 for the same images), the gradient clipped at 0.25
     # (without it the norm-free VAE meets loss spikes it does not recover from), the posterior's
-    # std started at 0.14 (--logvar-init), and the alignment (weight 0.3) only from half-way, once
-    # the VAE reconstructs, as the paper's pretrained VAE does. Measurements: docs/reproduce.md.
+    # std started at 0.14 (--logvar-init), and the alignment (weight 0.3) from step 600, once
+    # the VAE reconstructs, as the paper's pretrained VAE does. The last fifth of the steps trains
+    # the decoder alone (--decoder-only): after 1,200 steps of a moving encoder the decoder still
+    # mixes neighbouring hues, and 300 steps on the fixed latent, the learning rate falling to 0,
+    # keep them apart on every float path tried. Measurements: docs/reproduce.md.
     # Its evaluation (--eval-data) takes 250 held-out images, not 1000: on a CPU the extractor's
     # 224 px forward is most of an evaluation's time (benchmarks/eval_overhead.py).
     "tiny": dict(COMMON, teacher="dinov2-s", vae="tiny-f4", resolution=64, batch_size=8, micro_batch=8,
-                 num_images=2000, steps=1200, lr=1e-3, grad_clip=0.25, recon="mse", gan_weight=0.0,
-                 align_weight=0.3, align_start=600, mapper_width=256, mapper_hidden=512, logvar_init=-4.0,
-                 log_every=10, checkpoint_every=200, sample_every=200, stats_images=256, eval_every=300,
-                 eval_images=250),
+                 num_images=2000, steps=1500, lr=1e-3, grad_clip=0.25, recon="mse", gan_weight=0.0,
+                 align_weight=0.3, align_start=600, decoder_only=0.2, mapper_width=256, mapper_hidden=512,
+                 logvar_init=-4.0, log_every=10, checkpoint_every=200, sample_every=200, stats_images=256,
+                 eval_every=300, eval_images=250),
 }
 
 
@@ -59,6 +63,8 @@ class VAETrainConfig(TrainConfig):
     noise: bool = True
     # a VAE from random weights: the posterior's initial log-variance (None: PyTorch's init)
     logvar_init: float | None = None
+    # the share of the steps, at the end, in which only the decoder learns (decoder_phase)
+    decoder_only: float = 0.0
     # L_VAE
     recon: str = "l1"
     recon_weight: float = 1.0
@@ -89,7 +95,12 @@ class VAETrainConfig(TrainConfig):
     EVAL_FIELDS: ClassVar[tuple[str, ...]] = ("eval_data", "eval_root", "eval_images", "eval_extractor", "eval_every",
                                                "eval_probe_epochs", "keep_best")
     RUN_ONLY: ClassVar[tuple[str, ...]] = TrainConfig.RUN_ONLY + ("stats_images", "teacher_features") + EVAL_FIELDS
-    ADDED: ClassVar[dict[str, Any]] = {**TrainConfig.ADDED, "logvar_init": None}
+    ADDED: ClassVar[dict[str, Any]] = {**TrainConfig.ADDED, "logvar_init": None, "decoder_only": 0.0}
+
+    def decoder_phase(self, total_steps: int) -> int:
+        """The first step in which only the decoder learns: the last `decoder_only` share of the
+        steps, rounded down (total_steps: no such phase)."""
+        return total_steps - math.floor(total_steps * self.decoder_only + 1e-9)  # 1e-9: 0.2 * 1500 is 300
 
     def record(self) -> dict[str, Any]:
         """Without --eval-data the evaluation's options (preset defaults) are left out: they say

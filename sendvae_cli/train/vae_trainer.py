@@ -6,6 +6,9 @@ One optimizer step (the loop around it, resuming and DDP are `train/loop.py`'s):
         L = L_VAE(x, x_hat, posterior) + align_weight * (1 - cos(mapper(z), teacher(x)))
         (before --align-start, mapper(z.detach()): the mapper learns, the encoder does not follow)
     clip, AdamW step (VAE + mapper); then the discriminator's hinge step on the same batch.
+In the last --decoder-only share of the steps the encoder runs without gradients and only the
+decoder learns, from L_VAE, at a learning rate falling linearly to 0: the latent a generator
+learns is fixed from then on, and the decoder converges on it (the alignment is only logged).
 Everything that decides the result (weights, both optimizers, EMA, data position) is in each
 checkpoint, and the random numbers of a micro-batch (posterior sample, noise injection) come from
 a seed derived from (seed, step, global micro-batch index). So rerunning the command after a
@@ -51,9 +54,19 @@ class SendVAE(nn.Module):
         self.vae = vae
         self.mapper = mapper
 
-    def forward(self, images: torch.Tensor, align_encoder: bool = True):
+    def forward(self, images: torch.Tensor, align_encoder: bool = True, decoder_only: bool = False):
         """(reconstruction, posterior, mapper tokens). With align_encoder False the mapper sees the
-        latent detached: it learns to predict the teacher while only L_VAE shapes the encoder."""
+        latent detached: it learns to predict the teacher while only L_VAE shapes the encoder. With
+        decoder_only only the decoder learns: the encoder runs without gradients, and the mapper,
+        whose loss is then only logged, in eval mode too (its BatchNorm statistics stay)."""
+        if decoder_only:
+            with torch.no_grad():
+                posterior = self.vae.encode(images)
+                z = posterior.sample()
+                self.mapper.eval()
+                tokens = self.mapper(z)
+                self.mapper.train(self.training)
+            return self.vae.decode(z), posterior, tokens
         posterior = self.vae.encode(images)
         z = posterior.sample()
         return self.vae.decode(z), posterior, self.mapper(z if align_encoder else z.detach())
@@ -172,13 +185,16 @@ class VAETrainer(loop.Trainer):
     def prepare(self, ctx: StepContext) -> None:
         from sendvae_cli.vae.losses import VAELoss
 
+        cfg = self.config
+        self.decoder_from = cfg.decoder_phase(ctx.total_steps)
         if ctx.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.model = DDP(self.model, device_ids=ids)
+            # In the decoder-only phase the encoder and mapper get no gradient: DDP must look for
+            # such parameters in each step's graph, or it waits for their gradients forever.
+            self.model = DDP(self.model, device_ids=ids, find_unused_parameters=cfg.decoder_only > 0)
             self.discriminator = DDP(self.discriminator, device_ids=ids)
-        cfg = self.config
         self.loss = VAELoss(self.lpips, self.discriminator, recon=cfg.recon, recon_weight=cfg.recon_weight,
                             lpips_weight=cfg.lpips_weight, kl_weight=cfg.kl_weight, gan_weight=cfg.gan_weight,
                             disc_start=cfg.disc_start)
@@ -191,18 +207,22 @@ class VAETrainer(loop.Trainer):
         images, _, indices = batch
         x = to_model_range(images.to(ctx.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
         target = self.targets(x, indices)
+        decoder_only = ctx.step >= self.decoder_from
         with ctx.sync(self.model):
             with ctx.autocast():
-                recon, posterior, predicted = self.model(x, align_encoder=ctx.step >= self.config.align_start)
+                recon, posterior, predicted = self.model(x, align_encoder=ctx.step >= self.config.align_start,
+                                                         decoder_only=decoder_only)
             terms = loss_fn.generator_loss(x, recon, posterior, ctx.step)
             align = alignment_loss(predicted, target)
-            total = terms["loss"] + self.config.align_weight * align
+            total = terms["loss"] + (0.0 if decoder_only else self.config.align_weight) * align
             (total / ctx.accumulation).backward()
         self.stash.append((x, recon.detach()))
         return {**{k: v for k, v in terms.items() if k != "loss"}, "align": align.detach(), "total": total.detach()}
 
     def optimizer_step(self, ctx: StepContext) -> dict[str, float]:
         cfg, loss_fn = self.config, self.loss
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(ctx)  # decoder-only: AdamW skips what has no gradient
         out = {"grad_norm": float(clip_grad_norm(self.model.parameters(), cfg.grad_clip))}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -216,6 +236,14 @@ class VAETrainer(loop.Trainer):
             self.disc_optimizer.zero_grad(set_to_none=True)
         self.stash = []
         return out
+
+    def learning_rate(self, ctx: StepContext) -> float:
+        """--lr, and in the decoder-only phase a fall from it, linear, to lr / n at its last step (n
+        its steps). Set at every step, so that the optimizer's state holds no schedule of its own."""
+        cfg = self.config
+        if ctx.step < self.decoder_from:
+            return cfg.lr
+        return cfg.lr * (ctx.total_steps - ctx.step) / (ctx.total_steps - self.decoder_from)
 
     def describe(self, row) -> str:
         return f"train-vae align {row['align']:.3f} rec {row['recon']:.3f}"
