@@ -131,7 +131,7 @@ def parser(description: str, out: str) -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=2000, help="training rows of shapes")
     p.add_argument("--vae-precision", default=None, choices=["auto", "fp32", "bf16"],
                    help="as the main job: fp32 on a CPU (every CPU trains the same VAE); auto on CUDA")
-    p.add_argument("--vae-steps", type=int, default=1500, help="as the main job (the tiny preset's)")
+    p.add_argument("--vae-steps", type=int, default=1000, help="as the main job (the tiny preset's)")
     p.add_argument("--sit-steps", type=int, default=3000, help="as the main job")
     p.add_argument("--sit-model", default="SiT-mini/4", help="as the main job")
     p.add_argument("--num-samples", type=int, default=500)
