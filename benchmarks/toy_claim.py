@@ -81,7 +81,7 @@ def one_run(args, arm: str, seed: int, ref: Path, arm_args: list[str] | None = N
         "train-vae", "shapes", "--preset", "tiny", "--teacher", args.teacher, "--teacher-features", str(tokens),
         "--lpips-weight", "0",
         "--num-images", str(args.num_images), "--steps", str(args.vae_steps), "--precision", args.vae_precision,
-        "--align-start", str(args.vae_steps * 2 // 5),  # as the main job: half of the steps before the decoder's fifth
+        "--align-start", str(args.vae_steps // 2),
         "--seed", str(seed),
         *(ARMS[arm] if arm_args is None else arm_args), *args.vae_args, *common, "--out", str(out / "vae")], log)
     seconds["cache-latents"] = run(sendvae + [
@@ -131,7 +131,7 @@ def parser(description: str, out: str) -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=2000, help="training rows of shapes")
     p.add_argument("--vae-precision", default=None, choices=["auto", "fp32", "bf16"],
                    help="as the main job: fp32 on a CPU (every CPU trains the same VAE); auto on CUDA")
-    p.add_argument("--vae-steps", type=int, default=1000, help="as the main job (the tiny preset's)")
+    p.add_argument("--vae-steps", type=int, default=1200, help="as the main job (the tiny preset's)")
     p.add_argument("--sit-steps", type=int, default=3000, help="as the main job")
     p.add_argument("--sit-model", default="SiT-mini/4", help="as the main job")
     p.add_argument("--num-samples", type=int, default=500)

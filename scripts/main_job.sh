@@ -14,20 +14,23 @@
 #                                       # samples, grid and FD are made again
 #   OUT=runs/small VAE_STEPS=20 SIT_STEPS=20 NUM_SAMPLES=20 scripts/main_job.sh   # a quick check
 #   ALIGN_WEIGHT=0.2 OUT=runs/align-0.2 scripts/main_job.sh   # another alignment weight (docs/reproduce.md)
+#   VAE_STEPS=1500 ALIGN_START=600 DECODER_ONLY=0.2 OUT=runs/decoder scripts/main_job.sh
+#                       # the VAE's last 300 steps train its decoder alone: reconstructions keep their
+#                       # hues on every CPU, for 1.5 to 2.5 minutes more (docs/reproduce.md)
 set -euo pipefail
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # every weight this job reads is local: never wait on the hub
 
 OUT=${OUT:-runs/main}
 TEACHER=${TEACHER:-tv-mobilenet-v2}
-# One recipe on every CPU: the tiny preset's VAE (1,000 steps of 8 in fp32: the alignment from
-# step 400, the decoder alone in the last fifth), so an AVX2 laptop and an AMX Xeon train the same
-# model, up to float32's last bits.
+# One recipe on every CPU: the tiny preset's VAE (1,200 steps of 8 in fp32, the alignment from
+# half-way), so an AVX2 laptop and an AMX Xeon train the same model, up to float32's last bits.
 # VAE_PRECISION=bf16 is faster where the CPU multiplies bf16 in hardware (AMX, avx512_bf16), and
 # trains a slightly different VAE.
 VAE_PRECISION=${VAE_PRECISION:-fp32}
-VAE_STEPS=${VAE_STEPS:-1000}
-ALIGN_START=${ALIGN_START:-$((VAE_STEPS * 2 / 5))}  # half of the steps before the decoder's own fifth
+VAE_STEPS=${VAE_STEPS:-1200}
+ALIGN_START=${ALIGN_START:-$((VAE_STEPS / 2))}
 ALIGN_WEIGHT=${ALIGN_WEIGHT:-}   # empty: the preset's 0.3
+DECODER_ONLY=${DECODER_ONLY:-}   # empty: the preset's 0 (no decoder-only steps)
 SIT_STEPS=${SIT_STEPS:-3000}
 SIT_MODEL=${SIT_MODEL:-SiT-mini/4}  # /4: the 16x16 latent of the tiny preset's VAE -> 4x4 tokens, the teacher's grid
 NUM_IMAGES=${NUM_IMAGES:-2000}    # training rows (the first N of shapes)
@@ -100,13 +103,12 @@ step extract "$OUT/teacher.h5" \
 
 # 2. A Send-VAE: the VAE's latent aligned to MobileNetV2's feature map through the mapper, with
 #    noise injection (the tiny preset: 64 px; LPIPS off, its VGG16 weights would need a download).
-#    In the last fifth of the steps (the preset's --decoder-only 0.2) only the decoder learns: the
-#    latent the generator learns is fixed by then, and the reconstructions keep their hues.
 #    --workers 0 here and in train-sit: the rows are drawn in memory, and on 2 cores loader
 #    processes only take time from the step (5-7% of it).
 step train-vae "$OUT/vae/export" \
     $SENDVAE train-vae shapes --preset tiny --teacher "$TEACHER" --teacher-features "$OUT/teacher.h5" \
     --lpips-weight 0 --num-images "$NUM_IMAGES" --steps "$VAE_STEPS" --align-start "$ALIGN_START" ${ALIGN_WEIGHT:+--align-weight "$ALIGN_WEIGHT"} \
+    ${DECODER_ONLY:+--decoder-only "$DECODER_ONLY"} \
     --precision "$VAE_PRECISION" --workers 0 --out "$OUT/vae"
 
 # 3. Its latents (posterior mean and std) of the training images, with whole-set statistics.

@@ -20,8 +20,8 @@ STEPS = ["extract", "train-vae", "cache-latents", "train-sit", "sample", "grid",
 
 
 def run_job(out: Path, sit_steps: int = 4) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OUT=str(out), VAE_STEPS="5", SIT_STEPS=str(sit_steps), NUM_IMAGES="48", NUM_SAMPLES="10",
-               REF_IMAGES="20", PROBE_IMAGES="200", RECON_IMAGES="8", SAMPLE_STEPS="3",
+    env = dict(os.environ, OUT=str(out), VAE_STEPS="4", SIT_STEPS=str(sit_steps), NUM_IMAGES="48", NUM_SAMPLES="10",
+               REF_IMAGES="20", DECODER_ONLY="0.5", PROBE_IMAGES="200", RECON_IMAGES="8", SAMPLE_STEPS="3",
                SENDVAE=f"{sys.executable} -m sendvae_cli", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` of this venv
     return subprocess.run(["bash", str(ROOT / "scripts" / "main_job.sh")], cwd=ROOT, env=env,
@@ -39,7 +39,8 @@ def test_the_chain_runs_end_to_end_and_a_rerun_does_nothing(tmp_path):
         assert f"-m sendvae_cli {command} " in first.stdout
     # One recipe on every CPU: the VAE trains in fp32 unless VAE_PRECISION says otherwise.
     assert "--precision fp32 " in first.stdout
-    assert "--steps 5 --align-start 2 " in first.stdout  # half of the steps before the decoder's own fifth
+    assert "--steps 4 --align-start 2 " in first.stdout  # the alignment starts half-way
+    assert "--decoder-only 0.5 " in first.stdout  # the knob reaches train-vae (its last 2 steps)
     summary = json.loads((out / "summary.json").read_text())
     assert [s["step"] for s in summary["steps"]] == STEPS
     assert all(s["seconds"] > 0 and s["output"] for s in summary["steps"])

@@ -271,14 +271,14 @@ def test_decoder_only_phase_leaves_the_encoder_and_the_latent_as_they_were(tmp_p
     optimizer = torch.load(out / "checkpoints" / "step-000006" / "state.pt", weights_only=True)["optimizer"]
     assert optimizer["param_groups"][0]["lr"] == pytest.approx(1e-3 / 3)
 
-    cfg = VAETrainConfig.from_flags("tiny", {}, data="shapes")
-    assert cfg.decoder_only == 0.2 and cfg.decoder_phase(1500) == 1200 and cfg.decoder_phase(4) == 4
-    assert VAETrainConfig.from_flags("paper", {}, data="shapes").decoder_phase(1500) == 1500
+    assert VAETrainConfig.from_flags("tiny", {}, data="shapes").decoder_phase(1200) == 1200  # none by default
+    cfg = VAETrainConfig.from_flags("tiny", {"decoder_only": 0.2}, data="shapes")
+    assert cfg.decoder_phase(1500) == 1200 and cfg.decoder_phase(4) == 4
     trainer = VAETrainer(cfg, None, tmp_path)
     trainer.decoder_from = 1200
     rates = [trainer.learning_rate(SimpleNamespace(step=s, total_steps=1500)) for s in (0, 1199, 1200, 1350, 1499)]
     assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3 * 150 / 300, 1e-3 / 300])
-    assert PRESETS["paper"]["decoder_only"] == 0.0
+    assert PRESETS["paper"]["decoder_only"] == PRESETS["tiny"]["decoder_only"] == 0.0
     proc = run_cli("train-vae", *TINY, "--decoder-only", "1", "--out", tmp_path / "bad", check=False)
     assert proc.returncode == 2 and "--decoder-only 1: expected a share of the steps" in proc.stderr
 
