@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -260,7 +261,8 @@ def test_decoder_only_phase_leaves_the_encoder_and_the_latent_as_they_were(tmp_p
     from sendvae_cli.train.vae_trainer import VAETrainer
 
     out = tmp_path / "run"
-    run_cli("train-vae", *TINY, "--steps", "6", "--checkpoint-every", "3", "--decoder-only", "0.5", "--out", out)
+    args = [*TINY, "--steps", "6", "--checkpoint-every", "1", "--keep", "6", "--decoder-only", "0.5"]
+    run_cli("train-vae", *args, "--out", out)
     before, after = (load_file(str(out / "checkpoints" / f"step-00000{s}" / "weights.safetensors")) for s in (3, 6))
     fixed = [k for k in before if k.startswith(("vae.encoder.", "vae.quant_conv.", "mapper."))]
     moving = [k for k in before if k.startswith(("vae.decoder.", "vae.post_quant_conv."))]
@@ -270,6 +272,18 @@ def test_decoder_only_phase_leaves_the_encoder_and_the_latent_as_they_were(tmp_p
     assert json.loads((out / "config.json").read_text())["decoder_only"] == 0.5
     optimizer = torch.load(out / "checkpoints" / "step-000006" / "state.pt", weights_only=True)["optimizer"]
     assert optimizer["param_groups"][0]["lr"] == pytest.approx(1e-3 / 3)
+
+    # Resumed inside the phase (from step 4, as after a crash), the run ends with the same bytes.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "export")
+    for s in (5, 6):
+        shutil.rmtree(resumed / "checkpoints" / f"step-00000{s}")
+    (resumed / "checkpoints" / "latest").write_text("step-000004")
+    run_cli("train-vae", *args, "--out", resumed)
+    for f in ("export/vae.safetensors", "export/vae.json", "checkpoints/step-000006/weights.safetensors"):
+        assert (resumed / f).read_bytes() == (out / f).read_bytes(), f
+    assert losses(resumed) == losses(out)
 
     assert VAETrainConfig.from_flags("tiny", {}, data="shapes").decoder_phase(1200) == 1200  # none by default
     cfg = VAETrainConfig.from_flags("tiny", {"decoder_only": 0.2}, data="shapes")
