@@ -192,8 +192,10 @@ class VAETrainer(loop.Trainer):
 
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             # In the decoder-only phase the encoder and mapper get no gradient: DDP must look for
-            # such parameters in each step's graph, or it waits for their gradients forever.
-            self.model = DDP(self.model, device_ids=ids, find_unused_parameters=cfg.decoder_only > 0)
+            # such parameters in each step's graph, or it waits for their gradients forever. The
+            # search costs a graph walk per step, so only a run that has the phase asks for it.
+            self.model = DDP(self.model, device_ids=ids,
+                             find_unused_parameters=self.decoder_from < ctx.total_steps)
             self.discriminator = DDP(self.discriminator, device_ids=ids)
         self.loss = VAELoss(self.lpips, self.discriminator, recon=cfg.recon, recon_weight=cfg.recon_weight,
                             lpips_weight=cfg.lpips_weight, kl_weight=cfg.kl_weight, gan_weight=cfg.gan_weight,
