@@ -134,6 +134,28 @@ def test_teacher_features_cache_trains_without_flips(caches, tmp_path):
     assert (out / "export" / "generator.safetensors").exists(), proc.stderr
 
 
+def test_teacher_tokens_are_read_with_pread_and_match_h5py(caches, tmp_path):
+    import dataclasses
+
+    import h5py
+    import numpy as np
+
+    from sendvae_cli.caches.h5rows import row_offsets
+    from sendvae_cli.train.sit_data import TokenTargets
+
+    fast = TokenTargets.open(caches["feats"], None, 64, None)
+    assert fast.offsets is not None  # extract's merged cache: rows of one chunk, no filters
+    slow = dataclasses.replace(fast, offsets=None)
+    rows, views = [5, 0, 63, 5, 17], [0] * 5
+    assert np.array_equal(fast.read(rows, views), slow.read(rows, views))
+    with h5py.File(caches["feats"], "r") as f:
+        assert np.array_equal(fast.read([3], [0])[0], f["tokens"][3])
+    # a layout pread cannot serve (compressed chunks) falls back to h5py
+    with h5py.File(tmp_path / "gz.h5", "w") as f:
+        f.create_dataset("tokens", data=np.ones((4, 2, 3), "<f2"), chunks=(1, 2, 3), compression="gzip")
+        assert row_offsets(f, "tokens") is None
+
+
 def test_no_repa_needs_no_teacher_and_trains_unconditionally(caches, tmp_path):
     out = tmp_path / "plain"
     args = [a for a in tiny(caches["latents"], "--steps", "2") if a not in ("--images", "shapes")]

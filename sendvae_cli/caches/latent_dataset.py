@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 import torch
 
+from sendvae_cli.caches.h5rows import pread_row, row_offsets
 from sendvae_cli.errors import UserError
 from sendvae_cli.seeds import row_seed
 
@@ -304,40 +305,20 @@ class LatentDataset(torch.utils.data.Dataset):
         self.num_classes = self.attrs.get("num_classes")
         self.class_names = json.loads(self.attrs["class_names"]) if self.attrs.get("class_names") else None
         self.arrays = [ARRAYS] + ([FLIP_ARRAYS] if self.has_flip else [])
-        self._row_bytes = int(np.prod(self.latent_shape)) * 2
         self.offsets = self._chunk_offsets(f)
 
     def _chunk_offsets(self, f: h5py.File) -> dict[str, np.ndarray] | None:
         """Byte offset of every row's chunk, per array, when rows can be read with pread."""
-        n = len(self.labels)
-        offsets = {}
-        if n == 0:
+        if len(self.labels) == 0:
             return None
+        offsets = {}
         for name in (a for view in self.arrays for a in view):
-            ds = f[name]
-            if (ds.dtype != np.dtype("<f2") or ds.chunks != (1, *self.latent_shape)
-                    or ds.id.get_create_plist().get_nfilters() != 0 or not hasattr(ds.id, "chunk_iter")):
+            if f[name].dtype != np.dtype("<f2") or f[name].shape[1:] != self.latent_shape:
                 return None
-            found = np.full(n, -1, np.int64)
-
-            def visit(chunk, found=found):
-                found[chunk.chunk_offset[0]] = chunk.byte_offset
-
-            try:
-                ds.id.chunk_iter(visit)
-            except Exception:  # noqa: BLE001 - an HDF5 without chunk iteration: read through h5py
-                return None
-            if (found < 0).any():
+            found = row_offsets(f, name)
+            if found is None:
                 return None
             offsets[name] = found
-        # Guard: the first and last rows read both ways must agree.
-        with open(self.path, "rb") as raw:
-            for name, where in offsets.items():
-                for i in {0, n - 1}:
-                    raw.seek(int(where[i]))
-                    row = np.frombuffer(raw.read(self._row_bytes), "<f2").reshape(self.latent_shape)
-                    if not np.array_equal(row, f[name][i], equal_nan=True):
-                        return None
         return offsets
 
     def _init_repae(self, f: h5py.File) -> None:
@@ -413,9 +394,10 @@ class LatentDataset(torch.utils.data.Dataset):
             out = np.empty((2, *self.latent_shape), np.float16)
         for k, name in enumerate(self.arrays[view][:arrays]):
             if self.offsets is not None:
-                got = os.preadv(handle, [memoryview(out[k]).cast("B")], int(self.offsets[name][index]))  # out[k] is contiguous
-                if got != self._row_bytes:
-                    raise UserError(f"latents {self.path}: short read at row {index} (file truncated after opening?)")
+                try:
+                    pread_row(handle, out[k], int(self.offsets[name][index]))  # out[k] is contiguous
+                except OSError as error:
+                    raise UserError(f"latents {self.path}: row {index}: {error.strerror}") from None
             else:
                 out[k] = handle[name][index]
         return out

@@ -34,6 +34,7 @@ import h5py
 import numpy as np
 import torch
 
+from sendvae_cli.caches.h5rows import pread_row, row_offsets
 from sendvae_cli.caches.latent_dataset import LatentDataset
 from sendvae_cli.errors import UserError
 from sendvae_cli.seeds import sit_micro_batch_seed, view_bit
@@ -93,6 +94,8 @@ class TokenTargets:
     grid: tuple[int, int]
     index: np.ndarray  # latent row -> feature row
     has_flip: bool = False
+    # byte offset of each row of tokens (and tokens_flip): rows are read with pread (h5rows.row_offsets)
+    offsets: tuple[np.ndarray, ...] | None = field(default=None, repr=False)
     _file: Any = field(default=None, repr=False)
     _pid: int | None = field(default=None, repr=False)
 
@@ -123,16 +126,28 @@ class TokenTargets:
                 index = np.arange(num_latent_rows, dtype=np.int64)
             else:
                 index = match_rows(latent_rows, rows, option)
+            has_flip = "tokens_flip" in f
+            offsets = tuple(row_offsets(f, a) for a in ("tokens", "tokens_flip")[: 1 + has_flip])
             return cls(path=str(path), teacher=name, width=int(attrs["teacher_width"]),
-                       grid=tuple(int(v) for v in attrs["token_grid"]), index=index,
-                       has_flip="tokens_flip" in f)
+                       grid=tuple(int(v) for v in attrs["token_grid"]), index=index, has_flip=has_flip,
+                       offsets=offsets if all(o is not None and f[a].dtype == np.dtype("<f2") for o, a in
+                                              zip(offsets, ("tokens", "tokens_flip"))) else None)
 
     def read(self, latent_rows: Sequence[int], views: Sequence[int]) -> np.ndarray:
         """float16 (B, N, D) tokens of the given latent rows, of the flipped image where view is 1."""
         if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+            # A handle inherited from another process (a forked worker) is never used.
+            fast = self.offsets is not None
+            self._file, self._pid = os.open(self.path, os.O_RDONLY) if fast else h5py.File(self.path, "r"), os.getpid()
         rows = self.index[np.asarray(latent_rows, dtype=np.int64)]
         out = np.empty((len(rows), self.grid[0] * self.grid[1], self.width), np.float16)
+        if self.offsets is not None:
+            for j, (row, view) in enumerate(zip(rows, views)):
+                try:
+                    pread_row(self._file, out[j], int(self.offsets[int(view)][row]))
+                except OSError as error:
+                    raise UserError(f"--teacher-features {self.path}: row {row}: {error.strerror}") from None
+            return out
         arrays = (self._file["tokens"], self._file["tokens_flip"] if self.has_flip else None)
         for j, (row, view) in enumerate(zip(rows, views)):
             # one row at a time: h5py's fancy indexing is 25x slower than this for scattered rows
