@@ -14,23 +14,26 @@
 #                                       # samples, grid and FD are made again
 #   OUT=runs/small VAE_STEPS=20 SIT_STEPS=20 NUM_SAMPLES=20 scripts/main_job.sh   # a quick check
 #   ALIGN_WEIGHT=0.2 OUT=runs/align-0.2 scripts/main_job.sh   # another alignment weight (docs/reproduce.md)
-#   VAE_STEPS=1500 ALIGN_START=600 DECODER_ONLY=0.2 OUT=runs/decoder scripts/main_job.sh
-#                       # the VAE's last 300 steps train its decoder alone: reconstructions keep their
-#                       # hues on every CPU, for 1.5 to 2.5 minutes more (docs/reproduce.md)
+#   DECODER_ONLY=0 VAE_STEPS=1200 OUT=runs/joint scripts/main_job.sh
+#                       # without the decoder's own steps at the end: its hues then depend on how
+#                       # the CPU rounds float32 (docs/reproduce.md)
 set -euo pipefail
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # every weight this job reads is local: never wait on the hub
 
 OUT=${OUT:-runs/main}
 TEACHER=${TEACHER:-tv-mobilenet-v2}
-# One recipe on every CPU: the tiny preset's VAE (1,200 steps of 8 in fp32, the alignment from
-# half-way), so an AVX2 laptop and an AMX Xeon train the same model, up to float32's last bits.
+# One recipe on every CPU: the tiny preset's VAE in fp32, so an AVX2 laptop and an AMX Xeon train
+# the same model, up to float32's last bits: 1,400 steps of 8, the last 200 training the decoder
+# alone on the fixed latent (without them the decoder still mixes neighbouring hues, by an amount
+# that depends on the CPU's rounding), the alignment from half-way through the other 1,200.
 # VAE_PRECISION=bf16 is faster where the CPU multiplies bf16 in hardware (AMX, avx512_bf16), and
 # trains a slightly different VAE.
 VAE_PRECISION=${VAE_PRECISION:-fp32}
-VAE_STEPS=${VAE_STEPS:-1200}
-ALIGN_START=${ALIGN_START:-$((VAE_STEPS / 2))}
+VAE_STEPS=${VAE_STEPS:-1400}
+DECODER_ONLY=${DECODER_ONLY:-$((VAE_STEPS / 7))}  # a number of steps, or a share below 1 (train-vae --decoder-only)
+DECODER_STEPS=$(awk -v n="$VAE_STEPS" -v d="$DECODER_ONLY" 'BEGIN { print (d >= 1) ? int(d) : int(n * d + 1e-9) }')
+ALIGN_START=${ALIGN_START:-$(((VAE_STEPS - DECODER_STEPS) / 2))}
 ALIGN_WEIGHT=${ALIGN_WEIGHT:-}   # empty: the preset's 0.3
-DECODER_ONLY=${DECODER_ONLY:-}   # empty: the preset's 0 (no decoder-only steps)
 SIT_STEPS=${SIT_STEPS:-3000}
 SIT_MODEL=${SIT_MODEL:-SiT-mini/4}  # /4: the 16x16 latent of the tiny preset's VAE -> 4x4 tokens, the teacher's grid
 NUM_IMAGES=${NUM_IMAGES:-2000}    # training rows (the first N of shapes)
@@ -108,7 +111,7 @@ step extract "$OUT/teacher.h5" \
 step train-vae "$OUT/vae/export" \
     $SENDVAE train-vae shapes --preset tiny --teacher "$TEACHER" --teacher-features "$OUT/teacher.h5" \
     --lpips-weight 0 --num-images "$NUM_IMAGES" --steps "$VAE_STEPS" --align-start "$ALIGN_START" ${ALIGN_WEIGHT:+--align-weight "$ALIGN_WEIGHT"} \
-    ${DECODER_ONLY:+--decoder-only "$DECODER_ONLY"} \
+    --decoder-only "$DECODER_ONLY" \
     --precision "$VAE_PRECISION" --workers 0 --out "$OUT/vae"
 
 # 3. Its latents (posterior mean and std) of the training images, with whole-set statistics.

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import invoke, run_cli, with_flag
+from conftest import invoke, one_line_error, run_cli, with_flag
 
 # The tiny preset trains without the GAN; these tests keep it on so that its step is covered too.
 TINY = ["shapes", "--teacher", "dinov2-s", "--random-weights", "--vae", "tiny", "--preset", "tiny", "--gan-weight", "0.1",
@@ -288,13 +288,19 @@ def test_decoder_only_phase_leaves_the_encoder_and_the_latent_as_they_were(tmp_p
     assert VAETrainConfig.from_flags("tiny", {}, data="shapes").decoder_phase(1200) == 1200  # none by default
     cfg = VAETrainConfig.from_flags("tiny", {"decoder_only": 0.2}, data="shapes")
     assert cfg.decoder_phase(1500) == 1200 and cfg.decoder_phase(4) == 4
+    counted = VAETrainConfig.from_flags("tiny", {"decoder_only": 200.0}, data="shapes")  # from 1: a number of steps
+    assert counted.decoder_phase(1400) == 1200 and counted.decoder_phase(201) == 1
     trainer = VAETrainer(cfg, None, tmp_path)
     trainer.decoder_from = 1200
     rates = [trainer.learning_rate(SimpleNamespace(step=s, total_steps=1500)) for s in (0, 1199, 1200, 1350, 1499)]
     assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3 * 150 / 300, 1e-3 / 300])
     assert PRESETS["paper"]["decoder_only"] == PRESETS["tiny"]["decoder_only"] == 0.0
-    proc = run_cli("train-vae", *TINY, "--decoder-only", "1", "--out", tmp_path / "bad", check=False)
-    assert proc.returncode == 2 and "--decoder-only 1: expected a share of the steps" in proc.stderr
+    for value, said in (("1.5", "--decoder-only 1.5: expected a share of the steps (at least 0, below 1) or a whole"),
+                        ("-0.1", "--decoder-only -0.1: expected a share"),
+                        ("6", "--decoder-only 6: leaves none of the 6 --steps to train the encoder")):
+        proc = run_cli("train-vae", *TINY, "--steps", "6", "--decoder-only", value, "--out", tmp_path / "bad", check=False)
+        one_line_error(proc, said)
+        assert not (tmp_path / "bad").exists()
 
 
 def test_mapper_width_flags_shape_the_mapper_and_bad_widths_are_one_line(tmp_path):

@@ -40,7 +40,7 @@ def train_vae(
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (paper: 3e-4).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Gradient norm clip, 0 = off (paper: 1.0; tiny: 0.25).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     ema: Annotated[Optional[float], typer.Option(help="EMA decay of the VAE weights, 0 = off (default off).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
-    decoder_only: Annotated[Optional[float], typer.Option(help="Share of the steps, at the end, in which only the decoder learns, its learning rate falling linearly to 0: the encoder, and the latent a generator learns, stay as they are, while the reconstructions sharpen (default 0; 0.2 of 1,500 tiny steps keeps the hues, docs/train-vae.md).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
+    decoder_only: Annotated[Optional[float], typer.Option(help="The steps at the end in which only the decoder learns, its learning rate falling linearly to 0: a share of the steps below 1 (0.2), or a number of steps (200). The encoder, and the latent a generator learns, stay as they are, while the reconstructions sharpen (default 0; the main job gives the last 200 of 1,400 tiny steps, docs/train-vae.md).", rich_help_panel=OPT_PANEL, show_default=False)] = None,
     align_weight: Annotated[Optional[float], typer.Option(help="Weight of the alignment loss (paper: 1.0).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
     align_start: Annotated[Optional[int], typer.Option(help="Step from which the alignment shapes the encoder; before it the mapper learns on the detached latent (default 0: from the start, as the paper's fine-tuning of a pretrained VAE).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
     mapper_depth: Annotated[Optional[int], typer.Option(help="ViT blocks in the mapper; 0 = patch embedding + projector (paper: 1).", rich_help_panel=MAPPER_PANEL, show_default=False)] = None,
@@ -89,8 +89,11 @@ def train_vae(
                ("--eval-images", eval_images), ("--eval-probe-epochs", eval_probe_epochs))
     check_evaluation(eval_data, eval_root=eval_root, eval_images=eval_images, eval_every=eval_every,
                      eval_extractor=eval_extractor, eval_probe_epochs=eval_probe_epochs, keep_best=keep_best)
-    if decoder_only is not None and not 0 <= decoder_only < 1:
-        raise UserError(f"--decoder-only {decoder_only:g}: expected a share of the steps, at least 0 and below 1")
+    if decoder_only is not None and not (0 <= decoder_only < 1 or (decoder_only >= 1 and decoder_only == int(decoder_only))):
+        raise UserError(f"--decoder-only {decoder_only:g}: expected a share of the steps (at least 0, below 1) "
+                        f"or a whole number of steps")
+    if decoder_only is not None and decoder_only >= 1 and steps is not None and decoder_only >= steps:
+        raise UserError(f"--decoder-only {decoder_only:g}: leaves none of the {steps} --steps to train the encoder")
     if align_start is not None and align_start < 0:
         raise UserError(f"--align-start {align_start}: expected a step >= 0")
     if mapper_width is not None and mapper_width % 64:

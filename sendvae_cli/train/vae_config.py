@@ -62,7 +62,7 @@ class VAETrainConfig(TrainConfig):
     noise: bool = True
     # a VAE from random weights: the posterior's initial log-variance (None: PyTorch's init)
     logvar_init: float | None = None
-    # the share of the steps, at the end, in which only the decoder learns (decoder_phase)
+    # the steps at the end in which only the decoder learns: a share below 1, a count from 1 (decoder_phase)
     decoder_only: float = 0.0
     # L_VAE
     recon: str = "l1"
@@ -97,8 +97,11 @@ class VAETrainConfig(TrainConfig):
     ADDED: ClassVar[dict[str, Any]] = {**TrainConfig.ADDED, "logvar_init": None, "decoder_only": 0.0}
 
     def decoder_phase(self, total_steps: int) -> int:
-        """The first step in which only the decoder learns: the last `decoder_only` share of the
-        steps, rounded down (total_steps: no such phase)."""
+        """The first step in which only the decoder learns (total_steps: no such phase).
+
+        `decoder_only` below 1 is a share of the steps, rounded down; from 1 up, a number of steps."""
+        if self.decoder_only >= 1:
+            return total_steps - int(self.decoder_only)
         return total_steps - math.floor(total_steps * self.decoder_only + 1e-9)  # 1e-9: 0.29 * 100 is 28.999...
 
     def record(self) -> dict[str, Any]:

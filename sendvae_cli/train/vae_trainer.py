@@ -187,6 +187,9 @@ class VAETrainer(loop.Trainer):
 
         cfg = self.config
         self.decoder_from = cfg.decoder_phase(ctx.total_steps)
+        if self.decoder_from <= 0 < ctx.total_steps:
+            raise UserError(f"--decoder-only {cfg.decoder_only:g}: leaves none of the run's {ctx.total_steps} steps "
+                            f"to train the encoder")
         if ctx.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
