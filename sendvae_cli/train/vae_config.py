@@ -34,8 +34,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (without it the norm-free VAE meets loss spikes it does not recover from), the posterior's
     # std started at 0.14 (--logvar-init), and the alignment (weight 0.3) only from half-way, once
     # the VAE reconstructs, as the paper's pretrained VAE does. Measurements: docs/reproduce.md.
-    # --decoder-only 0.2 over 1,500 steps kept the hues on every float path measured, but takes
-    # the main job past its ten minutes on an AVX2 CPU, so the preset leaves it at 0.
+    # The main job adds 200 decoder-only steps (--steps 1400 --decoder-only 200), which keep the
+    # hues on every float path measured; the preset leaves it at 0, as a share of its steps would
+    # change every short run made from it.
     # Its evaluation (--eval-data) takes 250 held-out images, not 1000: on a CPU the extractor's
     # 224 px forward is most of an evaluation's time (benchmarks/eval_overhead.py).
     "tiny": dict(COMMON, teacher="dinov2-s", vae="tiny-f4", resolution=64, batch_size=8, micro_batch=8,
