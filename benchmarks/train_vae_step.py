@@ -39,6 +39,23 @@ from sendvae_cli.vae.mapper import Mapper, alignment_loss
 from cpu_peak import cpu_peak_tflops
 
 
+def vae_config_name(name: str) -> str:
+    """A config of the table (tiny-f4d4) or the name of a from-scratch VAE base (tiny-f4)."""
+    from sendvae_cli.vae.autoencoder import VAE_CONFIGS
+
+    if name in VAE_CONFIGS:
+        return name
+    try:
+        spec = get_registry().vae_base(name)
+    except Exception:  # noqa: BLE001 - the registry's one-line message is the error below
+        spec = None
+    config = (spec.options or {}).get("config") if spec is not None else None
+    if config not in VAE_CONFIGS:
+        raise SystemExit(f"error: --vae {name}: expected a config ({', '.join(VAE_CONFIGS)}) "
+                         f"or a from-scratch VAE base (sendvae plugins)")
+    return config
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vae", default="f16d32")
@@ -65,7 +82,7 @@ def main() -> None:
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     torch.manual_seed(0)
-    vae = AutoencoderKL(args.vae).to(device).train()
+    vae = AutoencoderKL(vae_config_name(args.vae)).to(device).train()
     teacher = get_registry().teacher(args.teacher).build(random_weights=True).to(device)
     grid = teacher.token_grid(args.resolution)
     patch = args.resolution // vae.downsample // grid[0]
