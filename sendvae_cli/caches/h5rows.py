@@ -103,8 +103,8 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def row_offsets(f: h5py.File, name: str) -> np.ndarray | None:
-    """Byte offset in the file of every row of array `name` of a merged cache, or None.
+def row_offsets(f: h5py.File, name: str, dtype: str = "<f2") -> np.ndarray | None:
+    """Byte offset in the file of every row of array `name` (stored as `dtype`) of a merged cache, or None.
 
     A merged cache stores each array in chunks of one row without filters, so a row is one
     contiguous run of bytes: readers fetch it with one `pread` (a tenth of the cost of h5py's
@@ -113,7 +113,7 @@ def row_offsets(f: h5py.File, name: str) -> np.ndarray | None:
     through h5py then. The first and last rows are read both ways and must agree."""
     ds = f[name]
     n = ds.shape[0] if ds.shape else 0
-    if (n == 0 or ds.chunks != (1, *ds.shape[1:]) or ds.dtype.byteorder == ">"
+    if (n == 0 or ds.dtype != np.dtype(dtype) or ds.chunks != (1, *ds.shape[1:])
             or ds.id.get_create_plist().get_nfilters() != 0 or not hasattr(ds.id, "chunk_iter")):
         return None
     found = np.full(n, -1, np.int64)

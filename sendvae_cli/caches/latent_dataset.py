@@ -313,9 +313,7 @@ class LatentDataset(torch.utils.data.Dataset):
             return None
         offsets = {}
         for name in (a for view in self.arrays for a in view):
-            if f[name].dtype != np.dtype("<f2") or f[name].shape[1:] != self.latent_shape:
-                return None
-            found = row_offsets(f, name)
+            found = row_offsets(f, name) if f[name].shape[1:] == self.latent_shape else None
             if found is None:
                 return None
             offsets[name] = found

@@ -130,15 +130,14 @@ class TokenTargets:
             offsets = tuple(row_offsets(f, a) for a in ("tokens", "tokens_flip")[: 1 + has_flip])
             return cls(path=str(path), teacher=name, width=int(attrs["teacher_width"]),
                        grid=tuple(int(v) for v in attrs["token_grid"]), index=index, has_flip=has_flip,
-                       offsets=offsets if all(o is not None and f[a].dtype == np.dtype("<f2") for o, a in
-                                              zip(offsets, ("tokens", "tokens_flip"))) else None)
+                       offsets=None if any(o is None for o in offsets) else offsets)
 
     def read(self, latent_rows: Sequence[int], views: Sequence[int]) -> np.ndarray:
         """float16 (B, N, D) tokens of the given latent rows, of the flipped image where view is 1."""
         if self._file is None or self._pid != os.getpid():
             # A handle inherited from another process (a forked worker) is never used.
-            fast = self.offsets is not None
-            self._file, self._pid = os.open(self.path, os.O_RDONLY) if fast else h5py.File(self.path, "r"), os.getpid()
+            self._pid = os.getpid()
+            self._file = os.open(self.path, os.O_RDONLY) if self.offsets is not None else h5py.File(self.path, "r")
         rows = self.index[np.asarray(latent_rows, dtype=np.int64)]
         out = np.empty((len(rows), self.grid[0] * self.grid[1], self.width), np.float16)
         if self.offsets is not None:
